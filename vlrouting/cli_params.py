@@ -1,0 +1,33 @@
+"""``python -m vlrouting params --config NAME|PATH [key=value ...]``: trainable / total parameters.
+
+Builds VL-BART from the packaged architecture config on the ``meta`` device (no weights, no download), attaches
+the configured PEFT modules and prints ``trainable: N | total: M | trainable%: P`` with VL-Adapter's definition
+(total includes the PEFT modules, reference §3.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vlrouting.config import load_config, packaged_configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vlrouting params", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="packaged config name or YAML path")
+    ap.add_argument("--list", action="store_true", help="list the packaged configs")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the one-line report")
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. peft.routing=comb3")
+    args = ap.parse_args(argv)
+    if args.list or not args.config:
+        print("\n".join(packaged_configs()))
+        return 0 if args.list else 2
+    from vlrouting.models.vlbart import build_vlbart
+    from vlrouting.peft import format_parameter_report
+
+    cfg = load_config(args.config, args.overrides)
+    model = build_vlbart(cfg.model, cfg.peft, pretrained=False, device="meta")
+    counts = model.parameter_report()
+    print(json.dumps(counts) if args.json else format_parameter_report(counts))
+    return 0

@@ -1,0 +1,225 @@
+"""Experiment configuration: typed dataclasses, YAML files, ``key=value`` overrides, resolved config saved per run.
+
+A config file has the sections ``model``, ``peft`` (``null`` = full fine-tuning), ``data``, ``train`` and ``output``
+plus ``name`` and ``paper_row``. It may ``inherit`` another config (packaged name or path); later values win.
+Packaged configs live in ``vlrouting/configs/*.yaml`` and are addressed by file stem, e.g.
+``multitask_adapter_comb3``. Overrides use dotted keys: ``train.lr=3e-4 peft.routing=comb1 data.root=/data``.
+A key that does not exist is an error naming it and the valid keys of its section.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlrouting.errors import ConfigError
+from vlrouting.models.vlbart import ModelConfig
+from vlrouting.peft import PeftConfig
+
+
+@dataclass
+class DataConfig:
+    root: str = "datasets"
+    tasks: list[str] = field(default_factory=lambda: ["vqa", "gqa", "nlvr", "caption"])
+    use_task_prompts: bool = True
+    gqa_prompt: str = "gqa: "  # VL-Adapter's scripts used the typo "gpa: " — set it for exact reproduction
+    num_workers: int = 4
+    limit_train: int | None = None
+    limit_eval: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 500  # base size; per-task sizes are the VL-Adapter ratios 500/833/166/416
+    eval_batch_size: int | None = None
+    epochs: int = 20
+    warmup_ratio: float = 0.1
+    clip_grad_norm: float = 5.0
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    seed: int = 9595
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    eval_every: int = 1  # epochs; 0 disables per-epoch validation
+    test_after: bool = True
+    checkpoint_every: int = 0  # steps; 0 = at the end of each epoch only
+    max_steps: int | None = None  # stop early (tests, smoke runs)
+    num_beams: int = 5
+    caption_max_length: int = 40
+    log_every: int = 10
+    tensorboard: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{self.precision}'.")
+
+
+@dataclass
+class OutputConfig:
+    snap_dir: str = "snap"
+    experiment: str | None = None  # defaults to the config name
+    run: str | None = None  # defaults to seed<seed>
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    paper_row: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig | None = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        exp = self.output.experiment or self.name
+        run = self.output.run or f"seed{self.train.seed}"
+        return Path(self.output.snap_dir) / exp / run
+
+
+SECTIONS = {"model": ModelConfig, "peft": PeftConfig, "data": DataConfig, "train": TrainConfig,
+            "output": OutputConfig}
+TOP_KEYS = {"name", "paper_row", "inherit", *SECTIONS}
+
+
+def packaged_configs() -> list[str]:
+    root = resources.files("vlrouting.configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(ref: str) -> tuple[dict, str]:
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {ref} does not exist; give a YAML path or a packaged config name "
+                              f"({', '.join(packaged_configs()[:6])}, …).")
+        text, where = path.read_text(), str(path)
+    else:
+        res = resources.files("vlrouting.configs").joinpath(f"{ref}.yaml")
+        if not res.is_file():
+            raise ConfigError(f"unknown config '{ref}'; give a YAML path or a packaged config name "
+                              f"(python -m vlrouting params --list shows them).")
+        text, where = res.read_text(), f"packaged:{ref}"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping with sections model/peft/data/train/output.")
+    return data, where
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "routing":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_tree(ref: str, depth: int = 0) -> dict:
+    if depth > 8:
+        raise ConfigError(f"config inheritance is too deep at '{ref}' (a cycle?).")
+    data, where = _read_yaml(ref)
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {unknown}; valid keys: {sorted(TOP_KEYS)}.")
+    parent = data.pop("inherit", None)
+    if parent:
+        return _merge(_load_tree(parent, depth + 1), data)
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=3e-4).")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        value = _parse_value(raw)
+        if parts[0] not in TOP_KEYS - {"inherit"}:
+            raise ConfigError(f"unknown config key '{key}'; sections are {sorted(SECTIONS)} plus name, paper_row.")
+        if len(parts) == 1:
+            tree[parts[0]] = value
+            continue
+        section = parts[0]
+        if section == "peft" and tree.get("peft") is None:
+            tree["peft"] = {}
+        node = tree.setdefault(section, {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        valid = {f.name for f in fields(SECTIONS[section])}
+        if parts[1] not in valid:
+            raise ConfigError(f"unknown config key '{key}'; valid keys in '{section}': {', '.join(sorted(valid))}.")
+        node[parts[-1]] = value
+    return tree
+
+
+def _section(cls, data: dict | None, name: str):
+    data = data or {}
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in section '{name}'; valid keys: {', '.join(sorted(valid))}.")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"section '{name}': {exc}.") from None
+
+
+def build_config(tree: dict) -> ExperimentConfig:
+    peft_tree = tree.get("peft", {})
+    cfg = ExperimentConfig(
+        name=tree.get("name", "experiment"),
+        paper_row=tree.get("paper_row"),
+        model=_section(ModelConfig, tree.get("model"), "model"),
+        peft=None if peft_tree is None else _section(PeftConfig, peft_tree, "peft"),
+        data=_section(DataConfig, tree.get("data"), "data"),
+        train=_section(TrainConfig, tree.get("train"), "train"),
+        output=_section(OutputConfig, tree.get("output"), "output"),
+    )
+    if cfg.peft is not None:
+        cfg.peft.tasks = list(cfg.data.tasks)
+        from vlrouting.routing import resolve_routing
+
+        resolve_routing(cfg.peft.routing, tuple(cfg.peft.tasks))
+        if "route_sides" not in (peft_tree or {}):
+            cfg.peft.route_sides = ["decoder"] if cfg.model.x_r_source == "encoder" else ["encoder", "decoder"]
+    from vlrouting.data.tasks import get_task
+
+    for task in cfg.data.tasks:
+        get_task(task)
+    return cfg
+
+
+def load_config(ref: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a packaged or file config, apply ``key=value`` overrides, validate, return the typed config."""
+    return build_config(apply_overrides(_load_tree(ref), overrides or []))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def is_config(obj) -> bool:
+    return is_dataclass(obj)

@@ -1,0 +1,1 @@
+"""Packaged experiment configs (YAML) and architecture configs (arch/*.json)."""

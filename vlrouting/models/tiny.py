@@ -1,0 +1,93 @@
+"""Tiny backbones and tokenizers built locally, for tests and the CPU demo.
+
+Nothing here downloads: a byte-level BPE tokenizer is trained with ``tokenizers`` on a small corpus and saved
+with ``save_pretrained``; a BART of a few hundred thousand parameters is built from a config with random weights
+and saved the same way. Everything downstream then loads them through the *real* ``from_pretrained`` path,
+exactly as it would load ``facebook/bart-base`` on a user's machine.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4 as in facebook/bart-base (<mask> aside)
+
+DEFAULT_CORPUS = [
+    "vqa: what color is the circle?", "gqa: is the square left of the triangle?",
+    "nlvr: the left image has more circles than the right image.", "caption:",
+    "a red circle and a blue square on a white background", "how many shapes are there?",
+    "yes", "no", "true", "false", "one two three four five", "green yellow purple orange",
+]
+
+
+def bart_base_config_dict() -> dict:
+    """The packaged facebook/bart-base architecture hyperparameters (a plain dict, no weights)."""
+    text = resources.files("vlrouting.configs").joinpath("arch/bart-base.json").read_text()
+    cfg = json.loads(text)
+    cfg.pop("_comment", None)
+    return cfg
+
+
+def train_tiny_tokenizer(out_dir: str | Path, texts: Iterable[str] | None = None, vocab_size: int = 800):
+    """Train a byte-level BPE tokenizer with BART's special tokens and save it as a HF tokenizer directory.
+
+    The post-processor wraps every sequence as ``<s> … </s>`` like BartTokenizer. Returns the loaded tokenizer
+    (``AutoTokenizer.from_pretrained(out_dir)``), so callers exercise the real loading code.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    corpus = list(texts) if texts is not None else []
+    corpus += DEFAULT_CORPUS
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=BART_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        mask_token="<mask>", cls_token="<s>", sep_token="</s>",
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return AutoTokenizer.from_pretrained(str(out_dir))
+
+
+def tiny_bart_config(vocab_size: int, **overrides):
+    """A BartConfig with bart-base's structure (post-LN, learned positions, gelu) at toy size."""
+    from transformers import BartConfig
+
+    cfg = bart_base_config_dict()
+    cfg.update(
+        d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128, vocab_size=vocab_size,
+        num_hidden_layers=2,
+    )
+    cfg.update(overrides)
+    cfg.pop("model_type", None)
+    return BartConfig(**cfg)
+
+
+def save_tiny_bart(out_dir: str | Path, vocab_size: int, seed: int = 0, **overrides) -> Path:
+    """Build a randomly initialised tiny BartForConditionalGeneration and ``save_pretrained`` it to ``out_dir``."""
+    import torch
+    from transformers import BartForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = BartForConditionalGeneration(tiny_bart_config(vocab_size, **overrides))
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,253 @@
+"""VL-BART ("CLIP-BART"): Hugging Face ``BartForConditionalGeneration`` plus CLIP grid features.
+
+Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF modules — no modeling file is copied:
+
+- Visual embedding (§3.2): LN(Linear(2048→d)) + LN(Linear(5→d)) on all-zero boxes + image-order embedding
+  (2 rows) + object-order embedding, which is the frozen last rows of the word-embedding matrix
+  (``<vis_extra_id_k>`` ↦ row V−1−k).
+- Encoder input (§3.3): [text ; visual]. Text gets BART's learned positions and ``layernorm_embedding``;
+  visual tokens get neither. Dropout on the concatenation, then BART's own encoder layers. Mask = text mask
+  followed by ones.
+- PEFT modules with routing (:mod:`vlrouting.peft`) and the two x_R sources of the paper (§5.1, Fig. 6):
+  ``encoder`` — the last encoder hidden state mean-pooled over valid positions, fed to the decoder's modules;
+  ``visual`` — the projected visual tokens, pooled, fed to encoder and decoder modules.
+  The decoder's x_R is computed in a forward pre-hook on the BART decoder from the ``encoder_hidden_states``
+  it receives, so it follows ``generate``'s beam expansion automatically (DESIGN §9).
+- Trainable sets (§3.9): always the visual embedding; adapters + every LayerNorm; LoRA + every bias; full
+  fine-tuning trains everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.bart.modeling_bart import shift_tokens_right
+
+from vlrouting.errors import ConfigError, DataError
+from vlrouting.peft import PeftConfig, RoutingState, attach_peft, count_parameters, mark_trainable, masked_mean
+
+XRSource = Literal["encoder", "visual"]
+
+
+@dataclass
+class ModelConfig:
+    """How to build VL-BART. ``backbone``/``tokenizer`` are hub names or local ``save_pretrained`` folders."""
+
+    backbone: str = "facebook/bart-base"
+    tokenizer: str | None = None
+    arch: str = "bart-base"  # packaged architecture config, used to count parameters without weights
+    feat_dim: int = 2048
+    n_boxes: int = 36
+    n_images: int = 2
+    extra_vocab: int = 200  # VL-Adapter adds <extra_id_0..99> and <vis_extra_id_0..99>
+    x_r_source: XRSource = "encoder"
+    gradient_checkpointing: bool = False
+    dropout: float | None = None  # override the backbone's dropout (None keeps it)
+
+    def __post_init__(self) -> None:
+        if self.x_r_source not in ("encoder", "visual"):
+            raise ConfigError(f"model.x_r_source must be 'encoder' or 'visual', got '{self.x_r_source}'.")
+
+
+class VisualEmbedding(nn.Module):
+    """Sum of the four visual terms of VL-Adapter's ``VisualEmbedding`` (reference §3.2)."""
+
+    def __init__(self, feat_dim: int, d_model: int, n_images: int, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.feat_embedding = nn.Sequential(nn.Linear(feat_dim, d_model), nn.LayerNorm(d_model))
+        self.absolute_vis_pos_embedding = nn.Sequential(nn.Linear(5, d_model), nn.LayerNorm(d_model))
+        self.img_order_embedding = nn.Embedding(n_images, d_model)
+        object.__setattr__(self, "word_embeddings", word_embeddings)  # shared, not re-registered
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for lin in (self.feat_embedding[0], self.absolute_vis_pos_embedding[0]):
+            lin.weight.normal_(0.0, std)
+            lin.bias.zero_()
+        for ln in (self.feat_embedding[1], self.absolute_vis_pos_embedding[1]):
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+        self.img_order_embedding.weight.normal_(0.0, std)
+
+    def forward(self, feats, img_order_ids, obj_order_ids):
+        boxes = feats.new_zeros(feats.shape[0], feats.shape[1], 5)  # the CLIP loaders pass all-zero boxes
+        vocab = self.word_embeddings.weight.shape[0]
+        obj = nn.functional.embedding(vocab - 1 - obj_order_ids, self.word_embeddings.weight)
+        return (self.feat_embedding(feats) + self.absolute_vis_pos_embedding(boxes)
+                + self.img_order_embedding(img_order_ids) + obj)
+
+
+class VLBart(nn.Module):
+    """CLIP-BART with optional PEFT modules that route. ``forward(batch)`` returns decoder logits."""
+
+    def __init__(self, bart, model_cfg: ModelConfig, peft_cfg: PeftConfig | None):
+        super().__init__()
+        self.bart = bart
+        self.model_cfg = model_cfg
+        self.peft_cfg = peft_cfg
+        d = bart.config.d_model
+        self.visual_embedding = VisualEmbedding(model_cfg.feat_dim, d, model_cfg.n_images,
+                                                bart.get_input_embeddings())
+        self.routing_state = RoutingState()
+        if peft_cfg is not None:
+            attach_peft(self.bart, peft_cfg, state=self.routing_state, model_type="bart")
+        mark_trainable(self, peft_cfg.method if peft_cfg else None, always=("visual_embedding",))
+        self.bart.model.decoder.register_forward_pre_hook(self._decoder_x_r_hook, with_kwargs=True)
+        if model_cfg.gradient_checkpointing:
+            self.bart.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------ x_R plumbing
+    def _decoder_x_r_hook(self, module, args, kwargs):
+        if self.model_cfg.x_r_source == "encoder":
+            hidden = kwargs.get("encoder_hidden_states")
+            if hidden is None and len(args) > 2:
+                hidden = args[2]
+            if hidden is not None:
+                self.routing_state.x_r["decoder"] = masked_mean(hidden, kwargs.get("encoder_attention_mask"))
+        return None
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, batch: dict) -> tuple[BaseModelOutput, torch.Tensor]:
+        """Run the joint encoder on [text ; visual]; sets the task and the visual x_R in the routing state."""
+        enc = self.bart.model.encoder
+        input_ids, text_mask = batch["input_ids"], batch["attention_mask"]
+        feats = batch["vis_feats"]
+        text = enc.embed_tokens(input_ids)
+        text = enc.layernorm_embedding(text + enc.embed_positions(input_ids).to(text.dtype))
+        vis = self.visual_embedding(feats.to(text.dtype), batch["img_order_ids"], batch["obj_order_ids"])
+        x_r_vis = vis.mean(dim=1, keepdim=True) if self.model_cfg.x_r_source == "visual" else None
+        self.routing_state.set(batch.get("task"), encoder=x_r_vis, decoder=x_r_vis)
+        hidden = nn.functional.dropout(torch.cat([text, vis], dim=1), p=enc.dropout, training=self.training)
+        mask = torch.cat([text_mask, text_mask.new_ones(vis.shape[:2])], dim=1)
+        attn = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in enc.layers:
+            hidden = layer(hidden, attn)
+        return BaseModelOutput(last_hidden_state=hidden), mask
+
+    # ------------------------------------------------------------------ heads
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Teacher-forced decoder logits (B, T, V) for ``batch["labels"]`` (-100 = padding)."""
+        enc_out, mask = self.encode(batch)
+        cfg = self.bart.config
+        dec_in = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
+        out = self.bart(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=dec_in, use_cache=False)
+        return out.logits
+
+    @torch.no_grad()
+    def generate(self, batch: dict, **generation_kwargs) -> torch.Tensor:
+        """``bart.generate`` on the joint encoder's outputs; options are passed explicitly by the task."""
+        enc_out, mask = self.encode(batch)
+        cfg = self.bart.config
+        kwargs = dict(decoder_start_token_id=cfg.decoder_start_token_id, bos_token_id=cfg.bos_token_id,
+                      eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, forced_bos_token_id=None,
+                      forced_eos_token_id=None, do_sample=False)
+        kwargs.update(generation_kwargs)
+        return self.bart.generate(encoder_outputs=enc_out, attention_mask=mask, **kwargs)
+
+    @torch.no_grad()
+    def first_step_logits(self, batch: dict) -> torch.Tensor:
+        """Logits after the decoder has read ``[</s>, <s>]`` (VL-Adapter's NLVR2 scoring, reference §4.3)."""
+        enc_out, mask = self.encode(batch)
+        cfg = self.bart.config
+        b = mask.shape[0]
+        dec_in = torch.tensor([[cfg.decoder_start_token_id, cfg.bos_token_id]], device=mask.device).expand(b, 2)
+        out = self.bart(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=dec_in, use_cache=False)
+        return out.logits[:, 1]
+
+    def parameter_report(self) -> dict:
+        return count_parameters(self)
+
+
+# ---------------------------------------------------------------------- building
+def packaged_arch_config(name: str):
+    """A BartConfig from a packaged architecture JSON (``bart-base``) or a path to a config.json."""
+    import json
+    from importlib import resources
+
+    from transformers import BartConfig
+
+    path = Path(name)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+    else:
+        res = resources.files("vlrouting.configs").joinpath(f"arch/{name}.json")
+        if not res.is_file():
+            raise ConfigError(f"unknown architecture config '{name}'; use 'bart-base' or a path to a config.json.")
+        data = json.loads(res.read_text())
+    data.pop("_comment", None)
+    data.pop("model_type", None)
+    return BartConfig(**data)
+
+
+def load_tokenizer(model_cfg: ModelConfig):
+    """The backbone's tokenizer plus VL-Adapter's 200 added tokens (``<extra_id_k>``, ``<vis_extra_id_k>``)."""
+    from transformers import AutoTokenizer
+
+    name = model_cfg.tokenizer or model_cfg.backbone
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except OSError as exc:
+        raise DataError(f"cannot load the tokenizer '{name}' ({exc.__class__.__name__}); give a local folder "
+                        "saved with save_pretrained or a hub name reachable from this machine.") from None
+    half = model_cfg.extra_vocab // 2
+    extra = [f"<extra_id_{i}>" for i in range(half)] + [f"<vis_extra_id_{i}>" for i in range(model_cfg.extra_vocab - half)]
+    missing = [t for t in extra if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tok
+
+
+def _resize_vocab(bart, new_size: int) -> None:
+    old = bart.get_input_embeddings().weight.shape[0]
+    if new_size == old:
+        return
+    bart.resize_token_embeddings(new_size, mean_resizing=False)
+    with torch.no_grad():  # VL-Adapter's new rows are N(0, 0.02) (random at resize time)
+        bart.get_input_embeddings().weight[old:].normal_(0.0, bart.config.init_std)
+
+
+def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrained: bool = True,
+                 vocab_size: int | None = None, device: str | torch.device | None = None) -> VLBart:
+    """Build VL-BART.
+
+    ``pretrained=True`` loads the backbone with ``from_pretrained`` (hub name or local folder) and resizes its
+    vocabulary to ``vocab_size`` (the tokenizer's length after adding the extra tokens). ``pretrained=False``
+    builds the packaged architecture without weights (on ``device``, e.g. ``meta`` for counting); its vocabulary
+    grows by ``extra_vocab`` rows. PEFT weights are initialised after loading, in :func:`attach_peft`.
+    """
+    from transformers import BartForConditionalGeneration
+
+    overrides = {}
+    if model_cfg.dropout is not None:
+        overrides = dict(dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout,
+                         activation_dropout=model_cfg.dropout)
+    if pretrained:
+        try:
+            bart = BartForConditionalGeneration.from_pretrained(model_cfg.backbone, **overrides)
+        except OSError as exc:
+            raise DataError(f"cannot load the backbone '{model_cfg.backbone}' ({exc.__class__.__name__}); give a "
+                            "local folder saved with save_pretrained or a reachable hub name.") from None
+        target = vocab_size if vocab_size is not None else bart.config.vocab_size + model_cfg.extra_vocab
+    else:
+        config = packaged_arch_config(model_cfg.arch)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        with torch.device(device or "cpu"):
+            bart = BartForConditionalGeneration(config)
+        target = vocab_size if vocab_size is not None else config.vocab_size + model_cfg.extra_vocab
+    _resize_vocab(bart, target)
+    model = VLBart(bart, model_cfg, peft_cfg)
+    return model
+
+
+def config_dict(model_cfg: ModelConfig) -> dict:
+    return asdict(model_cfg)

@@ -1,0 +1,93 @@
+"""Attach PEFT modules with routing to an existing Hugging Face model, and decide what trains.
+
+``attach_peft(model, cfg)`` replaces every target module (from :mod:`vlrouting.peft.targets`) by the method's
+wrapper and (re-)initialises the new blocks explicitly — call it *after* ``from_pretrained`` so the backbone's
+weights are loaded and the PEFT weights are not left to init hooks that newer transformers skip (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlrouting.errors import ConfigError
+from vlrouting.peft.base import RoutedWrapper
+from vlrouting.peft.config import PeftConfig
+from vlrouting.peft.registry import get_peft_method
+from vlrouting.peft.state import RoutingState
+from vlrouting.peft.targets import match_side, targets_for
+from vlrouting.routing import resolve_routing
+
+
+def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = None,
+                model_type: str | None = None) -> RoutingState:
+    """Wrap the target modules of ``model`` in place; returns the shared :class:`RoutingState`."""
+    method = get_peft_method(cfg.method)
+    state = state if state is not None else RoutingState()
+    model_type = model_type or getattr(getattr(model, "config", None), "model_type", None)
+    targets = targets_for(model_type, cfg.method, cfg.targets)
+    routing_map = resolve_routing(cfg.routing, tuple(cfg.tasks))
+    found = [(name, mod, match_side(name, targets)) for name, mod in model.named_modules()]
+    found = [(n, m, s) for n, m, s in found if s is not None]
+    if not found:
+        raise ConfigError(f"no module of this {model_type} model matches the '{cfg.method}' targets.")
+    for name, module, side in found:
+        wrapper = method.wrapper(module, cfg, side=side, routing_map=routing_map,
+                                 route_enabled=side in cfg.route_sides, state=state)
+        model.set_submodule(name, wrapper)
+    return state
+
+
+def peft_wrappers(model: nn.Module) -> list[RoutedWrapper]:
+    return [m for m in model.modules() if isinstance(m, RoutedWrapper)]
+
+
+def peft_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The PEFT blocks' own parameters (not the wrapped base layers)."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, RoutedWrapper):
+            for pname, p in mod.named_parameters():
+                if not pname.startswith("base_layer."):
+                    out.append((f"{name}.{pname}", p))
+    return out
+
+
+def mark_trainable(model: nn.Module, method: str | None, always: tuple[str, ...] = ()) -> None:
+    """VL-Adapter's trainable sets (reference §3.9).
+
+    ``method=None`` means full fine-tuning (everything trains). Otherwise everything is frozen, then the PEFT
+    blocks, the method's extra rule (adapter: every LayerNorm; LoRA: every bias) and any parameter whose name
+    contains one of ``always`` (e.g. ``visual_embedding``) are unfrozen.
+    """
+    if method is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return
+    rule = get_peft_method(method).also_trainable
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, p in peft_parameters(model):
+        p.requires_grad_(True)
+    owners = dict(model.named_modules())
+    for name, p in model.named_parameters():
+        owner = owners[name.rsplit(".", 1)[0]] if "." in name else model
+        if rule(name, p, owner) or any(key in name for key in always):
+            p.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> dict:
+    """Trainable and total parameters, shared tensors counted once; percent = trainable / total (VL-Adapter)."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}
+
+
+def format_parameter_report(counts: dict) -> str:
+    return f"trainable: {counts['trainable']:,} | total: {counts['total']:,} | trainable%: {counts['percent']:.2f}"

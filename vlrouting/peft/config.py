@@ -1,0 +1,59 @@
+"""Typed configuration of a PEFT attachment (saved as ``adapter_config.json`` beside the weights)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from vlrouting.errors import ConfigError
+
+Side = Literal["encoder", "decoder"]
+
+
+@dataclass
+class PeftConfig:
+    """What to attach, where, and how it routes.
+
+    - ``method``: a registered PEFT method (``adapter``, ``lora``; see :mod:`vlrouting.peft.methods`).
+    - ``tasks``: the task names; ``shared=True`` is VL-Adapter's *single* module shared by all tasks,
+      ``shared=False`` one module per task selected by the batch's task (*multiple*).
+    - ``routing``: a routing function name, a Table 8 mix (``comb1``–``comb4``) or an explicit {task: routing}.
+    - ``route_sides``: which modules route. DESIGN §4: x_R from the ``encoder`` source feeds the decoder's
+      modules only; the ``visual`` source feeds both sides. Modules on other sides run the plain path.
+    - Adapter: bottleneck = d_model // ``reduction_factor`` (8 → 96 on bart-base), ``adapter_act`` gelu_new.
+    - LoRA: rank ``r``, scaling ``lora_alpha / r``, dropout ``lora_dropout`` on the input (and on x_R).
+    - ``targets``: optional override of the per-architecture target table (list of [regex, side]).
+    """
+
+    method: str = "adapter"
+    tasks: list[str] = field(default_factory=lambda: ["vqa", "gqa", "nlvr", "caption"])
+    shared: bool = True
+    routing: str | dict[str, str] = "none"
+    route_sides: list[str] = field(default_factory=lambda: ["decoder"])
+    reduction_factor: int = 8
+    adapter_act: str = "gelu_new"
+    r: int = 128
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    init_std: float = 0.02
+    targets: list[list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("peft.tasks is empty; list at least one task, e.g. [vqa, gqa, nlvr, caption].")
+        bad = [s for s in self.route_sides if s not in ("encoder", "decoder")]
+        if bad:
+            raise ConfigError(f"peft.route_sides has unknown side(s) {bad}; use 'encoder' and/or 'decoder'.")
+        if self.reduction_factor < 1 or self.r < 1:
+            raise ConfigError("peft.reduction_factor and peft.r must be positive integers.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PeftConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown PEFT config key(s) {unknown}; valid keys: {sorted(known)}.")
+        return cls(**data)

@@ -1,0 +1,86 @@
+"""Save and load the trained tensors as ``adapter_model.safetensors`` + ``adapter_config.json`` (DESIGN §7).
+
+Only parameters with ``requires_grad`` are stored (PEFT blocks plus whatever the method also trains); a single
+shared module is one set of tensors and is stored once. Loading is strict: the file's keys must equal the
+model's trainable parameter names, and an error names the missing and unexpected keys. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlrouting.errors import DataError
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_peft(model: nn.Module, out_dir: str | Path, config: dict) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = trainable_state_dict(model)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "library": "vlrouting"})
+        os.replace(tmp, out_dir / WEIGHTS_NAME)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode())
+    return out_dir / WEIGHTS_NAME
+
+
+def load_peft(model: nn.Module, in_dir: str | Path, strict: bool = True) -> dict:
+    """Load saved trainable tensors into ``model`` (in place); returns the saved adapter_config."""
+    in_dir = Path(in_dir)
+    path = in_dir / WEIGHTS_NAME
+    if not path.is_file():
+        raise DataError(f"no PEFT weights at {path}; point to a run directory that contains {WEIGHTS_NAME}.")
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - set(params)) if not strict else sorted(set(tensors) - expected)
+    if strict and (missing or unexpected):
+        raise DataError(
+            f"{path} does not match this model: missing keys {missing[:8]}{' …' if len(missing) > 8 else ''} "
+            f"({len(missing)}), unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''} "
+            f"({len(unexpected)}); was it saved from a model with the same PEFT config?"
+        )
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name in params:
+                if params[name].shape != t.shape:
+                    raise DataError(f"{path}: tensor '{name}' has shape {tuple(t.shape)}, the model expects "
+                                    f"{tuple(params[name].shape)}.")
+                params[name].copy_(t)
+    cfg_path = in_dir / CONFIG_NAME
+    return json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}

@@ -1,0 +1,80 @@
+"""Where PEFT modules go, per architecture: one table, no model-specific code paths.
+
+Each entry is ``(regex, side)``; the regex is searched in the module's qualified name (anchored at a name
+boundary) and ``side`` says whose x_R the module sees. BART follows VL-Adapter (reference §3.5, §3.7): adapters
+after self-attention and FFN in the encoder, after self-, cross-attention and FFN in the decoder (30 positions),
+each inside the residual branch (wrapping ``out_proj``/``fc2`` puts it before dropout and the residual add);
+LoRA on ``q_proj``/``v_proj`` of encoder self-, decoder self- and decoder cross-attention (36 linears).
+RoBERTa and GPT-2 follow the paper's released code (Houlsby placement / ``c_attn``, a Conv1D); T5 is analogous.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vlrouting.errors import ConfigError
+
+_B = r"(?:^|\.)"
+
+TARGETS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "bart": {
+        "adapter": [
+            (_B + r"encoder\.layers\.\d+\.self_attn\.out_proj$", "encoder"),
+            (_B + r"encoder\.layers\.\d+\.fc2$", "encoder"),
+            (_B + r"decoder\.layers\.\d+\.self_attn\.out_proj$", "decoder"),
+            (_B + r"decoder\.layers\.\d+\.encoder_attn\.out_proj$", "decoder"),
+            (_B + r"decoder\.layers\.\d+\.fc2$", "decoder"),
+        ],
+        "lora": [
+            (_B + r"encoder\.layers\.\d+\.self_attn\.(?:q_proj|v_proj)$", "encoder"),
+            (_B + r"decoder\.layers\.\d+\.(?:self_attn|encoder_attn)\.(?:q_proj|v_proj)$", "decoder"),
+        ],
+    },
+    "roberta": {
+        "adapter": [
+            (_B + r"encoder\.layer\.\d+\.attention\.output\.dense$", "encoder"),
+            (_B + r"encoder\.layer\.\d+\.output\.dense$", "encoder"),
+        ],
+        "lora": [(_B + r"encoder\.layer\.\d+\.attention\.self\.(?:query|value)$", "encoder")],
+    },
+    "gpt2": {
+        "adapter": [(_B + r"h\.\d+\.attn\.c_proj$", "decoder"), (_B + r"h\.\d+\.mlp\.c_proj$", "decoder")],
+        "lora": [(_B + r"h\.\d+\.attn\.c_attn$", "decoder")],
+    },
+    "t5": {
+        "adapter": [
+            (_B + r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.o$", "encoder"),
+            (_B + r"encoder\.block\.\d+\.layer\.1\.DenseReluDense\.wo$", "encoder"),
+            (_B + r"decoder\.block\.\d+\.layer\.0\.SelfAttention\.o$", "decoder"),
+            (_B + r"decoder\.block\.\d+\.layer\.1\.EncDecAttention\.o$", "decoder"),
+            (_B + r"decoder\.block\.\d+\.layer\.2\.DenseReluDense\.wo$", "decoder"),
+        ],
+        "lora": [
+            (_B + r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.(?:q|v)$", "encoder"),
+            (_B + r"decoder\.block\.\d+\.layer\.[01]\.(?:SelfAttention|EncDecAttention)\.(?:q|v)$", "decoder"),
+        ],
+    },
+}
+
+
+def targets_for(model_type: str, method: str, override: list | None = None) -> list[tuple[re.Pattern, str]]:
+    """Compiled (pattern, side) pairs for an architecture and method, or the user's override."""
+    if override:
+        pairs = [tuple(p) for p in override]
+    else:
+        if model_type not in TARGETS:
+            raise ConfigError(
+                f"no PEFT target table for architecture '{model_type}'; known: {', '.join(TARGETS)} "
+                "(or pass peft.targets as a list of [regex, side])."
+            )
+        if method not in TARGETS[model_type]:
+            raise ConfigError(f"no '{method}' targets for architecture '{model_type}'.")
+        pairs = TARGETS[model_type][method]
+    return [(re.compile(p), side) for p, side in pairs]
+
+
+def match_side(name: str, targets: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, side in targets:
+        if pattern.search(name):
+            return side
+    return None

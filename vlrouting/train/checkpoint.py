@@ -1,0 +1,75 @@
+"""Atomic training-state checkpoints for ``--resume latest`` (DESIGN §7).
+
+The state holds the trainable parameters, optimizer, scheduler, RNG states (torch, CUDA, numpy, python), the
+global step, the epoch and the multitask loader's position. It is written to a temporary file in the run
+directory and moved over ``training_state.pt`` with ``os.replace``, so a kill at any moment leaves either the
+previous complete checkpoint or the new one, never a torn file. It is read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlrouting.errors import DataError
+
+STATE_NAME = "training_state.pt"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(run_dir: Path, state: dict) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if os.environ.get("VLROUTING_FAULT_KILL_IN_CHECKPOINT"):  # fault injection for the crash-safety test
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.replace(tmp, run_dir / STATE_NAME)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return run_dir / STATE_NAME
+
+
+def load_training_state(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATE_NAME
+    if not path.is_file():
+        raise DataError(f"--resume latest: no {STATE_NAME} in {run_dir}; start without --resume, or point "
+                        "output.run at the run directory to continue.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a file that is not a checkpoint
+        raise DataError(f"{path} is not a readable training state ({exc.__class__.__name__}); remove it to "
+                        "start over.") from None

@@ -1,0 +1,363 @@
+"""The multitask training loop (VL-Adapter's schedule, reference §5; DESIGN §5, §7).
+
+``torchrun --nproc_per_node=N -m vlrouting.train --config NAME [key=value ...] [--resume latest]``
+
+AdamW (eps 1e-6, weight decay 0.01 on everything but biases — VL-Adapter's grouping, §3.10), linear warm-up over
+10 % of the steps then linear decay, gradient clipping 5, one task per batch from the multitask loader, DDP with
+``find_unused_parameters`` (per-task modules leave the other tasks' parameters unused), evaluation every epoch on
+the validation splits and the test splits after the last epoch. Task differences live in the task objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from vlrouting.config import ExperimentConfig, dump_config, load_config
+from vlrouting.errors import VLRoutingError
+from vlrouting.peft import save_peft
+from vlrouting.peft.io import atomic_write_bytes
+from vlrouting.train.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from vlrouting.train.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
+from vlrouting.train.predict import evaluate_split
+
+
+class TrainingDiverged(VLRoutingError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def log(info: DistInfo, run_dir: Path | None, msg: str) -> None:
+    if not info.is_main:
+        return
+    print(msg, flush=True)
+    if run_dir is not None:
+        with open(run_dir / "log.txt", "a") as fh:
+            fh.write(msg + "\n")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if "bias" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, betas=(0.9, 0.999))
+
+
+def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def versions() -> dict:
+    import transformers
+
+    import vlrouting
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "vlrouting": vlrouting.__version__}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, info: DistInfo, resume: bool = False):
+        from vlrouting.data.multitask import MultitaskLoader
+        from vlrouting.models.vlbart import build_vlbart, load_tokenizer
+        from vlrouting.train.tasks_setup import build_tasks, preflight
+
+        self.cfg, self.info = cfg, info
+        self.run_dir = cfg.run_dir
+        self.tasks = build_tasks(cfg)
+        preflight(cfg, self.tasks)  # every path and image id checked before anything is written
+        seed_everything(cfg.train.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = build_vlbart(cfg.model, cfg.peft, pretrained=True, vocab_size=len(self.tokenizer))
+        self.model.to(info.device)
+        self.params = self.model.parameter_report()
+        root = cfg.data.root
+        self.train_sets = {
+            name: task.build_dataset(root, "train", self.tokenizer, limit=cfg.data.limit_train, seed=cfg.train.seed)
+            for name, task in self.tasks.items()
+        }
+        self.loader = MultitaskLoader(self.train_sets, self.tasks, cfg.train.batch_size, world_size=info.world_size,
+                                      rank=info.rank, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = linear_schedule(self.optimizer, self.total_steps, cfg.train.warmup_ratio)
+        self.ddp = (DDP(self.model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+                        find_unused_parameters=True) if info.distributed else self.model)
+        self.scaler = torch.amp.GradScaler("cuda") if (cfg.train.precision == "fp16" and info.device.type == "cuda") else None
+        self.step, self.epoch = 0, 0
+        self.start_time = time.time()
+        self.elapsed_before = 0.0
+        if resume:
+            self._restore(load_training_state(self.run_dir))
+        elif info.is_main:
+            if (self.run_dir / "training_state.pt").exists() or (self.run_dir / "results.json").exists():
+                raise VLRoutingError(f"run directory {self.run_dir} already holds a run; pass --resume latest to "
+                                     "continue it or choose another output.run.")
+        barrier(info)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.run_dir / "config.yaml", dump_config(cfg).encode())
+        self.tb = None
+        if cfg.train.tensorboard and info.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                log(info, self.run_dir, "tensorboard is not installed; continuing without it (pip install tensorboard)")
+
+    # ------------------------------------------------------------------ state
+    def _trainable_state(self) -> dict:
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _state(self) -> dict:
+        return {"model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step,
+                "epoch": self.epoch, "loader": self.loader.state_dict(),
+                "elapsed": self.elapsed_before + time.time() - self.start_time}
+
+    def _restore(self, state: dict) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, t in state["model"].items():
+                params[name].copy_(t)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.loader.load_state_dict(state["loader"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        log(self.info, None, f"resumed from {self.run_dir / 'training_state.pt'} at epoch {self.epoch}, step {self.step}")
+
+    def save_checkpoint(self) -> None:
+        if self.info.is_main:
+            save_training_state(self.run_dir, self._state())
+            save_peft(self.model, self.run_dir, {"model": self.cfg.to_dict()["model"],
+                                                 "peft": self.cfg.to_dict()["peft"]})
+        barrier(self.info)
+
+    # ------------------------------------------------------------------ loop
+    def autocast(self):
+        if self.cfg.train.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float16
+        return torch.autocast(self.info.device.type, dtype=dtype)
+
+    def train_step(self, batch: dict) -> float:
+        task = self.tasks[batch["task"]]
+        batch = to_device(batch, self.info.device)
+        with self.autocast():
+            logits = self.ddp(batch)
+            loss = task.loss(logits.float(), batch["labels"], batch["loss_weights"])
+        bad = not bool(torch.isfinite(loss).item())
+        if any_rank(bad, self.info):
+            raise TrainingDiverged(
+                f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}'; the last good "
+                f"checkpoint in {self.run_dir} is kept (try a lower train.lr or train.precision=fp32)."
+            )
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                       self.cfg.train.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(all_reduce_mean(loss.detach(), self.info).item())
+
+    def run(self) -> dict:
+        cfg, info = self.cfg, self.info
+        log(info, self.run_dir, f"{cfg.name}: {self.params['trainable']:,} trainable of {self.params['total']:,} "
+                                f"({self.params['percent']:.2f} %), {self.steps_per_epoch} steps/epoch × "
+                                f"{cfg.train.epochs} epochs, world size {info.world_size}")
+        kill_at = int(os.environ.get("VLROUTING_FAULT_KILL_AT_STEP", "0"))  # fault injection (resume tests)
+        max_steps = cfg.train.max_steps
+        stop = False
+        while self.epoch < cfg.train.epochs and not stop:
+            self.loader.set_epoch(self.epoch)
+            for ds in self.train_sets.values():
+                if hasattr(ds, "set_epoch"):
+                    ds.set_epoch(self.epoch)
+            self.ddp.train()
+            bar = None
+            if info.is_main:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.steps_per_epoch, initial=self.loader.position, desc=f"epoch {self.epoch}",
+                           leave=False, disable=not sys.stderr.isatty())
+            for batch in self.loader:
+                loss = self.train_step(batch)
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(task=batch["task"], loss=f"{loss:.4f}")
+                if info.is_main:
+                    append_jsonl(self.run_dir / "train_log.jsonl", {"step": self.step, "epoch": self.epoch,
+                                                                     "task": batch["task"], "loss": loss,
+                                                                     "lr": self.scheduler.get_last_lr()[0]})
+                    if self.tb is not None:
+                        self.tb.add_scalar(f"loss/{batch['task']}", loss, self.step)
+                if cfg.train.log_every and self.step % cfg.train.log_every == 0:
+                    log(info, self.run_dir, f"step {self.step} epoch {self.epoch} task {batch['task']} loss {loss:.4f}")
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if kill_at and self.step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if max_steps and self.step >= max_steps:
+                    stop = True
+                    break
+            if bar is not None:
+                bar.close()
+            if stop and self.loader.position < self.steps_per_epoch:
+                break
+            self.epoch += 1
+            self.loader.set_epoch(self.epoch)  # position 0 of the next epoch, for the checkpoint
+            if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
+                self.evaluate("val")
+            self.save_checkpoint()
+        results = self.evaluate("test") if cfg.train.test_after else {}
+        return self.finish(results)
+
+    def evaluate(self, split: str) -> dict:
+        out = {}
+        if self.info.is_main:
+            self.model.eval()
+            for name, task in self.tasks.items():
+                metrics = evaluate_split(self, task, split)
+                out[name] = metrics
+                record = {"epoch": self.epoch, "step": self.step, "split": split, "task": name,
+                          "headline": task.headline(metrics), "metrics": metrics}
+                append_jsonl(self.run_dir / "metrics.jsonl", record)
+                if self.tb is not None:
+                    self.tb.add_scalar(f"{split}/{name}", task.headline(metrics), self.epoch)
+                log(self.info, self.run_dir, f"[{split}] epoch {self.epoch} {name}: {task.headline(metrics):.2f}")
+            self.model.train()
+        barrier(self.info)
+        return out
+
+    def finish(self, test: dict) -> dict:
+        results = {}
+        if self.info.is_main:
+            summary = {name: self.tasks[name].headline(m) for name, m in test.items()}
+            if all(t in summary for t in ("vqa", "gqa", "nlvr", "caption")):
+                from vlrouting.evaluation.multitask import multitask_average
+
+                summary["avg"] = multitask_average(summary)
+            results = {
+                "experiment": self.cfg.output.experiment or self.cfg.name, "run": self.run_dir.name,
+                "config_name": self.cfg.name, "paper_row": self.cfg.paper_row, "seed": self.cfg.train.seed,
+                "status": "completed", "summary": summary, "test": test,
+                "params": self.params, "steps": self.step, "epochs": self.epoch,
+                "world_size": self.info.world_size, "git_commit": git_commit(), "versions": versions(),
+                "wall_time_s": round(self.elapsed_before + time.time() - self.start_time, 2),
+                "peak_memory_mb": round(peak_memory_mb(self.info.device), 1),
+            }
+            save_peft(self.model, self.run_dir, {"model": self.cfg.to_dict()["model"],
+                                                 "peft": self.cfg.to_dict()["peft"]})
+            atomic_write_bytes(self.run_dir / "results.json", json.dumps(results, indent=2).encode())
+            if self.tb is not None:
+                self.tb.close()
+        barrier(self.info)
+        return results
+
+
+def parse_args(argv: list[str] | None):
+    ap = argparse.ArgumentParser(prog="python -m vlrouting.train",
+                                 description="Multitask CLIP-BART training with routing (torchrun-native).")
+    ap.add_argument("--config", required=True, help="packaged config name or YAML path")
+    ap.add_argument("--resume", choices=["latest"], help="continue the run in the configured run directory")
+    ap.add_argument("--check", action="store_true", help="validate config, data and features, then exit")
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = DistInfo()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.check:
+            from vlrouting.train.tasks_setup import build_tasks, preflight
+
+            preflight(cfg, build_tasks(cfg))
+            print(f"ok: {cfg.name} — config, datasets under {cfg.data.root} and features are in place")
+            return 0
+        info = init_distributed()
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        Trainer(cfg, info, resume=args.resume == "latest").run()
+        return 0
+    except VLRoutingError as exc:
+        if info.is_main:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup(info)
+
+
+def entry() -> None:
+    sys.exit(main())
