@@ -49,6 +49,7 @@ class ModelConfig:
     x_r_source: XRSource = "encoder"
     gradient_checkpointing: bool = False
     dropout: float | None = None  # override the backbone's dropout (None keeps it)
+    visual_init: str | None = None  # folder with visual_embedding.safetensors (see vlrouting.models.export)
 
     def __post_init__(self) -> None:
         if self.x_r_source not in ("encoder", "visual"):
@@ -246,7 +247,21 @@ def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrai
         target = vocab_size if vocab_size is not None else config.vocab_size + model_cfg.extra_vocab
     _resize_vocab(bart, target)
     model = VLBart(bart, model_cfg, peft_cfg)
+    if model_cfg.visual_init:
+        _load_visual_embedding(model, model_cfg.visual_init)
     return model
+
+
+def _load_visual_embedding(model: VLBart, folder: str) -> None:
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "visual_embedding.safetensors"
+    if not path.is_file():
+        raise DataError(f"model.visual_init: {path} does not exist; export one with python -m vlrouting.models.export.")
+    state = load_file(str(path))
+    missing, unexpected = model.visual_embedding.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DataError(f"{path} does not fit this visual embedding (missing {missing}, unexpected {unexpected}).")
 
 
 def config_dict(model_cfg: ModelConfig) -> dict:

@@ -1,0 +1,503 @@
+#!/usr/bin/env python
+"""Training-step benchmark: routing overhead of Adapter/LoRA on VL-BART, our LoRA vs the ``peft`` library's.
+
+Run by hand (not a test)::
+
+    .venv/bin/python scripts/bench/bench_train_step.py                 # full run (~10 min on 2 CPU cores)
+    .venv/bin/python scripts/bench/bench_train_step.py --quick         # a smoke run (~3 min)
+    .venv/bin/python scripts/bench/bench_train_step.py --x-r-source visual --out bench.json
+
+Three measurements, printed as Markdown tables (and written as JSON with ``--out``):
+
+1. **Routing overhead.** One training step (forward, token cross-entropy, backward, grad-norm clip 5, AdamW step,
+   zero_grad) of the bart-base-shaped VL-BART (random weights, d=768, 6+6 layers, 36 CLIP grid features of dim
+   2048) for Adapter (single, r=96) and LoRA (single, r=128) with every routing function. All configurations
+   live in one process and are timed *interleaved*: every round times one step of each configuration (the
+   order rotates per round), so drifts in machine load hit all of them alike. Reported: the median step time
+   and, per configuration, the median of the per-round ratios to the same method's ``none`` with its IQR and
+   min/max. Target: every routing within 3 % of ``none``.
+2. **Our LoRA vs peft's LoRA.** The same plain text-only BartForConditionalGeneration (same weights, same inputs,
+   encoder length = text + visual tokens so the shapes match part 1), LoRA r=128/α=32/dropout 0.1 on q_proj and
+   v_proj of encoder self-, decoder self- and decoder cross-attention (36 linears), attached once with
+   ``vlrouting.peft.attach_peft`` (routing none) and once with ``peft.get_peft_model``; the same trainable set
+   on both sides — LoRA only, and LoRA + every bias (VL-Adapter's LoRA rule; peft's ``bias="all"``). Interleaved
+   the same way. Target: ours ≤ 1.05 × peft.
+3. **Peak memory.** Each configuration again in a fresh subprocess (``--single NAME``): RSS after building, and
+   ``ru_maxrss`` (peak RSS over the process' life, building included) after a few training steps.
+
+Nothing is downloaded: the backbone is built from the packaged ``bart-base`` architecture with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from vlrouting.models.vlbart import ModelConfig, build_vlbart, packaged_arch_config  # noqa: E402
+from vlrouting.peft import PeftConfig, attach_peft, peft_parameters  # noqa: E402
+
+ROUTINGS = ("none", "mul", "add", "proj", "expand")
+METHODS = ("adapter", "lora")
+BART_VARIANTS = ("ours-lora", "peft-lora", "ours-lora+bias", "peft-lora+bias")
+ROUTING_TOL = 0.03
+PEFT_TOL = 1.05
+# q_proj/v_proj of encoder self-attn, decoder self-attn and decoder cross-attn (vlrouting.peft.targets "bart/lora").
+PEFT_TARGET_REGEX = r".*(?:encoder\.layers\.\d+\.self_attn|decoder\.layers\.\d+\.(?:self_attn|encoder_attn))\.(?:q_proj|v_proj)"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def make_vl_batch(args, vocab: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    b, lt, lo = args.batch, args.text_len, args.target_len
+    input_ids = torch.randint(4, vocab - 300, (b, lt), generator=g)
+    mask = torch.ones(b, lt, dtype=torch.long)
+    labels = torch.randint(4, vocab - 300, (b, lo), generator=g)
+    for i in range(b):  # a little padding, as real batches have
+        pad_in, pad_out = i % 3, i % 2 * 2
+        if pad_in:
+            input_ids[i, lt - pad_in:] = 1
+            mask[i, lt - pad_in:] = 0
+        if pad_out:
+            labels[i, lo - pad_out:] = -100
+    return {
+        "task": "vqa",
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "vis_feats": torch.randn(b, args.n_boxes, 2048, generator=g),
+        "img_order_ids": torch.zeros(b, args.n_boxes, dtype=torch.long),
+        "obj_order_ids": torch.arange(args.n_boxes).expand(b, args.n_boxes).clone(),
+        "labels": labels,
+    }
+
+
+def make_text_batch(args, vocab: int, seed: int) -> dict:
+    """Plain BART inputs for part 2: encoder length = text + visual tokens (same token count as part 1)."""
+    g = torch.Generator().manual_seed(seed)
+    b, ls, lo = args.batch, args.text_len + args.n_boxes, args.target_len
+    input_ids = torch.randint(4, vocab - 300, (b, ls), generator=g)
+    mask = torch.ones(b, ls, dtype=torch.long)
+    labels = torch.randint(4, vocab - 300, (b, lo), generator=g)
+    for i in range(b):
+        pad_in, pad_out = i % 3, i % 2 * 2
+        if pad_in:
+            input_ids[i, args.text_len - pad_in:args.text_len] = 1
+            mask[i, args.text_len - pad_in:args.text_len] = 0
+        if pad_out:
+            labels[i, lo - pad_out:] = -100
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------- runners
+def build_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """vlrouting.train.trainer's AdamW grouping (decay 0.01 except biases, eps 1e-6)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if "bias" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=1e-4, eps=1e-6, betas=(0.9, 0.999))
+
+
+class Runner:
+    """One configuration: a model in train mode, its optimizer and a fixed batch; ``step()`` is one update."""
+
+    def __init__(self, name: str, model: nn.Module, batch: dict, forward, clip: float | None):
+        self.name, self.model, self.batch, self.forward, self.clip = name, model, batch, forward, clip
+        self.model.train()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in {id(p): p for p in self.params}.values())
+        self.optimizer = build_optimizer(model)
+        self.last_loss = float("nan")
+
+    def step(self) -> None:
+        logits = self.forward(self.model, self.batch)
+        labels = self.batch["labels"]
+        loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100)
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = float(loss.detach())
+
+
+def _vl_forward(model, batch):
+    return model(batch)
+
+
+def _bart_forward(model, batch):
+    from transformers.models.bart.modeling_bart import shift_tokens_right
+
+    cfg = model.config
+    dec_in = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=dec_in,
+                 use_cache=False).logits
+
+
+def vl_config_names(args) -> list[str]:
+    return [f"{m}-{r}" for m in args.methods for r in args.routings]
+
+
+def build_vl_runner(name: str, args) -> Runner:
+    method, routing = name.split("-", 1)
+    route_sides = ["decoder"] if args.x_r_source == "encoder" else ["encoder", "decoder"]
+    if method == "adapter":
+        pcfg = PeftConfig(method="adapter", shared=True, routing=routing, route_sides=route_sides,
+                          reduction_factor=args.adapter_reduction)
+    else:
+        pcfg = PeftConfig(method="lora", shared=True, routing=routing, route_sides=route_sides, r=args.lora_r,
+                          lora_alpha=32.0, lora_dropout=0.1)
+    mcfg = ModelConfig(x_r_source=args.x_r_source)
+    torch.manual_seed(args.seed)  # the same backbone weights for every configuration
+    model = build_vlbart(mcfg, pcfg, pretrained=False, device="cpu")
+    vocab = model.bart.get_input_embeddings().weight.shape[0]
+    return Runner(name, model, make_vl_batch(args, vocab, args.seed + 1), _vl_forward, args.clip)
+
+
+def _plain_bart(args):
+    from transformers import BartForConditionalGeneration
+
+    torch.manual_seed(args.seed)
+    return BartForConditionalGeneration(packaged_arch_config("bart-base"))
+
+
+def build_bart_runner(name: str, args, backbone=None) -> Runner:
+    side, trainable = name.split("-", 1)  # "ours"/"peft", "lora"/"lora+bias"
+    with_bias = trainable == "lora+bias"
+    bart = copy.deepcopy(backbone) if backbone is not None else _plain_bart(args)
+    if side == "ours":
+        attach_peft(bart, PeftConfig(method="lora", shared=True, routing="none", r=args.lora_r, lora_alpha=32.0,
+                                     lora_dropout=0.1), model_type="bart")
+        for p in bart.parameters():
+            p.requires_grad_(False)
+        for _, p in peft_parameters(bart):
+            p.requires_grad_(True)
+        model = bart
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=args.lora_r, lora_alpha=32, lora_dropout=0.1, target_modules=PEFT_TARGET_REGEX,
+                         bias="all" if with_bias else "none")
+        model = get_peft_model(bart, cfg)
+        n_lora = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
+        assert n_lora == 36, f"peft targets matched {n_lora} linears, expected 36"
+    if with_bias:  # VL-Adapter's LoRA rule (vlrouting.peft.registry.bias_params): every parameter named *bias
+        for n, p in model.named_parameters():
+            if "bias" in n.rsplit(".", 1)[-1]:
+                p.requires_grad_(True)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return Runner(name, model, make_text_batch(args, vocab, args.seed + 1), _bart_forward, args.clip)
+
+
+def build_runner(name: str, args, backbone=None) -> Runner:
+    if name.split("-", 1)[0] in ("ours", "peft"):
+        return build_bart_runner(name, args, backbone)
+    return build_vl_runner(name, args)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def quantile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "q25": quantile(xs, 0.25), "q75": quantile(xs, 0.75),
+            "min": min(xs), "max": max(xs)}
+
+
+def interleaved(runners: list[Runner], warmup: int, rounds: int, label: str) -> dict[str, list[float]]:
+    """Warm every runner up, then ``rounds`` rounds of one timed step each (rotating start) -> times in s."""
+    for i in range(warmup):
+        for r in runners:
+            r.step()
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    n = len(runners)
+    t_all = time.perf_counter()
+    for k in range(rounds):
+        for j in range(n):
+            r = runners[(k + j) % n]
+            t0 = time.perf_counter()
+            r.step()
+            times[r.name].append(time.perf_counter() - t0)
+        print(f"  [{label}] round {k + 1}/{rounds} done ({time.perf_counter() - t_all:.0f} s, "
+              f"load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+    for r in runners:
+        if not torch.isfinite(torch.tensor(r.last_loss)):
+            print(f"WARNING: {r.name} produced a non-finite loss ({r.last_loss})", file=sys.stderr)
+    return times
+
+
+def ratio_table(times: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """For (config, reference) pairs: summary of the per-round ratios config/reference."""
+    out = {}
+    for cfg, ref in pairs:
+        ratios = [a / b for a, b in zip(times[cfg], times[ref])]
+        out[cfg] = summarize(ratios) | {"reference": ref}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        return float("nan")
+
+
+def run_single(name: str, args) -> dict:
+    """Fresh-process mode: build one configuration, take ``--mem-steps`` steps, report RSS figures (JSON)."""
+    rss0 = rss_mb()
+    runner = build_runner(name, args)
+    rss_built = rss_mb()
+    peak_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    for _ in range(args.mem_steps):
+        runner.step()
+    return {"config": name, "rss_start_mb": rss0, "rss_built_mb": rss_built, "maxrss_built_mb": peak_built,
+            "rss_after_mb": rss_mb(), "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "trainable": runner.n_trainable, "loss": runner.last_loss}
+
+
+def memory_sweep(names: list[str], args) -> dict[str, dict]:
+    out = {}
+    passthrough = ["--batch", str(args.batch), "--text-len", str(args.text_len), "--target-len",
+                   str(args.target_len), "--x-r-source", args.x_r_source, "--seed", str(args.seed),
+                   "--mem-steps", str(args.mem_steps), "--lora-r", str(args.lora_r),
+                   "--adapter-reduction", str(args.adapter_reduction)]
+    if not args.clip:
+        passthrough.append("--no-clip")
+    for name in names:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--single", name, *passthrough]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"WARNING: --single {name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  [memory] {name}: peak {out[name]['maxrss_mb']:.0f} MB", file=sys.stderr, flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- profile
+def profile(name: str, args) -> None:
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    runner = build_runner(name, args)
+    for _ in range(2):
+        runner.step()
+    with tprofile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        for _ in range(3):
+            runner.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+
+
+# ---------------------------------------------------------------------------------------------- output
+def pct(x: float) -> str:
+    return f"{(x - 1) * 100:+.1f} %"
+
+
+def routing_markdown(times, ratios, args) -> str:
+    lines = [f"| config | trainable | median step (ms) | step IQR (ms) | ratio to none (median) | "
+             f"ratio IQR | ratio min / max | within {ROUTING_TOL:.0%} |",
+             "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+    for name, ts in times.items():
+        s = summarize(ts)
+        row = f"| {name} | {args._trainable[name]:,} | {s['median'] * 1e3:.0f} | {s['q25'] * 1e3:.0f}–{s['q75'] * 1e3:.0f} |"
+        if name.endswith("-none"):
+            row += " 1 (reference) | – | – | – |"
+        else:
+            r = ratios[name]
+            ok = "yes" if abs(r["median"] - 1) <= ROUTING_TOL else "**no**"
+            row += (f" {r['median']:.3f} ({pct(r['median'])}) | {r['q25']:.3f}–{r['q75']:.3f} | "
+                    f"{r['min']:.3f} / {r['max']:.3f} | {ok} |")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def peft_markdown(times, ratios, args) -> str:
+    lines = ["| config | trainable | median step (ms) | step IQR (ms) | ours / peft (median) | ratio IQR | "
+             f"ratio min / max | ≤ {PEFT_TOL:.2f}× |",
+             "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+    for name, ts in times.items():
+        s = summarize(ts)
+        row = f"| {name} | {args._trainable[name]:,} | {s['median'] * 1e3:.0f} | {s['q25'] * 1e3:.0f}–{s['q75'] * 1e3:.0f} |"
+        if name in ratios:
+            r = ratios[name]
+            ok = "yes" if r["median"] <= PEFT_TOL else "**no**"
+            row += f" {r['median']:.3f} | {r['q25']:.3f}–{r['q75']:.3f} | {r['min']:.3f} / {r['max']:.3f} | {ok} |"
+        else:
+            row += " (reference) | – | – | – |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def memory_markdown(mem: dict[str, dict]) -> str:
+    lines = ["| config | RSS after build (MB) | peak RSS during build (MB) | RSS after steps (MB) | "
+             "peak RSS `ru_maxrss` (MB) |", "|---|---:|---:|---:|---:|"]
+    for name, m in mem.items():
+        lines.append(f"| {name} | {m['rss_built_mb']:.0f} | {m['maxrss_built_mb']:.0f} | {m['rss_after_mb']:.0f} | "
+                     f"{m['maxrss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--text-len", type=int, default=20)
+    p.add_argument("--target-len", type=int, default=10)
+    p.add_argument("--n-boxes", type=int, default=36, help=argparse.SUPPRESS)
+    p.add_argument("--x-r-source", choices=("encoder", "visual"), default="encoder",
+                   help="encoder: routing on decoder modules (default); visual: routing on both sides")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--routings", nargs="+", default=list(ROUTINGS))
+    p.add_argument("--lora-r", type=int, default=128)
+    p.add_argument("--adapter-reduction", type=int, default=8, help="bottleneck d/8 = 96 on bart-base")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per configuration before timing")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (routing part)")
+    p.add_argument("--peft-rounds", type=int, default=15, help="interleaved timed rounds (peft part)")
+    p.add_argument("--mem-steps", type=int, default=3, help="training steps before reading peak RSS")
+    p.add_argument("--no-clip", dest="clip", action="store_const", const=None, default=5.0,
+                   help="skip grad-norm clipping (on by default: the trainer clips at 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip", nargs="*", default=[], choices=("routing", "peft", "memory"))
+    p.add_argument("--quick", action="store_true", help="warm-up 2, 5 rounds, 5 peft rounds, 2 memory steps")
+    p.add_argument("--out", type=Path, default=None, help="write the raw times and summaries as JSON")
+    p.add_argument("--single", metavar="CONFIG", help="internal: build CONFIG in this process, print RSS as JSON")
+    p.add_argument("--profile", metavar="CONFIG", help="print a torch.profiler op table for CONFIG and exit")
+    args = p.parse_args(argv)
+    bad = [r for r in args.routings if r not in ("none", "mul", "add", "proj", "expand", "proj_relu")]
+    if bad:
+        p.error(f"unknown routing(s) {bad}")
+    if "none" not in args.routings:
+        args.routings = ["none", *args.routings]
+    if args.quick:
+        args.warmup, args.rounds, args.peft_rounds, args.mem_steps = 2, 5, 5, 2
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    if args.single:
+        print(json.dumps(run_single(args.single, args)))
+        return 0
+    if args.profile:
+        profile(args.profile, args)
+        return 0
+
+    import peft
+    import transformers
+
+    env = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+           "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "peft": peft.__version__, "python": platform.python_version(), "machine": platform.machine(),
+           "load_avg_start": os.getloadavg()}
+    args._trainable = {}
+    result: dict = {"env": env, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                         if not k.startswith("_")}}
+    t_start = time.perf_counter()
+    print("# Training-step benchmark (vlrouting)\n")
+    print(f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
+          f"torch threads {env['threads']} (interop {env['interop_threads']}), {env['cpu_count']} CPUs, "
+          f"load average at start {env['load_avg_start'][0]:.2f}\n")
+    print(f"Batch B={args.batch}, text length {args.text_len}, target length {args.target_len}, "
+          f"{args.n_boxes} visual tokens; step = forward + CE loss + backward + "
+          f"{'clip 5 + ' if args.clip else ''}AdamW + zero_grad; warm-up {args.warmup} steps/config.\n")
+
+    if "routing" not in args.skip:
+        names = vl_config_names(args)
+        print(f"building {len(names)} VL-BART configurations ...", file=sys.stderr, flush=True)
+        runners = [build_vl_runner(n, args) for n in names]
+        for r in runners:
+            args._trainable[r.name] = r.n_trainable
+        times = interleaved(runners, args.warmup, args.rounds, "routing")
+        pairs = [(n, f"{n.split('-', 1)[0]}-none") for n in names if not n.endswith("-none")]
+        ratios = ratio_table(times, pairs)
+        del runners
+        side = ("x_R source `encoder`: routing on the decoder's modules" if args.x_r_source == "encoder"
+                else "x_R source `visual`: routing on encoder and decoder modules")
+        print(f"## 1. Routing overhead — VL-BART (bart-base shape, random weights), {side}\n")
+        print(f"{args.rounds} interleaved rounds; ratio = per-round step time / the same method's `none` in "
+              f"that round. Target: every routing within {ROUTING_TOL:.0%} of `none`.\n")
+        print(routing_markdown(times, ratios, args))
+        worst = max(ratios.values(), key=lambda r: abs(r["median"] - 1)) if ratios else None
+        noise = {n: (summarize(t)["q75"] - summarize(t)["q25"]) / summarize(t)["median"] for n, t in times.items()}
+        print(f"\nNoise: relative step-time IQR per config {min(noise.values()):.1%}–{max(noise.values()):.1%}; "
+              f"verdict: {'all within target' if all(abs(r['median'] - 1) <= ROUTING_TOL for r in ratios.values()) else 'some routing exceeds the target'}"
+              + (f" (largest median deviation {pct(worst['median'])})." if worst else ".") + "\n")
+        result["routing"] = {"times_s": times, "ratios": ratios, "noise_rel_iqr": noise}
+
+    if "peft" not in args.skip:
+        print("building the plain-BART LoRA configurations (ours vs peft) ...", file=sys.stderr, flush=True)
+        backbone = _plain_bart(args)
+        runners = [build_bart_runner(n, args, backbone) for n in BART_VARIANTS]
+        del backbone
+        for r in runners:
+            args._trainable[r.name] = r.n_trainable
+        for trainable in ("lora", "lora+bias"):
+            a, b = args._trainable[f"ours-{trainable}"], args._trainable[f"peft-{trainable}"]
+            assert a == b, f"trainable sets differ for {trainable}: ours {a:,} vs peft {b:,}"
+        times = interleaved(runners, args.warmup, args.peft_rounds, "peft")
+        ratios = ratio_table(times, [("ours-lora", "peft-lora"), ("ours-lora+bias", "peft-lora+bias")])
+        del runners
+        print("## 2. Our LoRA (routing none) vs the peft library's LoRA — plain text-only BART\n")
+        print(f"Same random bart-base weights and inputs (encoder length {args.text_len + args.n_boxes}, "
+              f"target {args.target_len}, B={args.batch}); r={args.lora_r}, α=32, dropout 0.1 on the 36 q/v "
+              f"linears; {args.peft_rounds} interleaved rounds. Target: ours ≤ {PEFT_TOL:.2f}× peft.\n")
+        print(peft_markdown(times, ratios, args))
+        print()
+        result["peft"] = {"times_s": times, "ratios": ratios}
+
+    if "memory" not in args.skip:
+        names = (vl_config_names(args) if "routing" not in args.skip else []) + \
+                (list(BART_VARIANTS) if "peft" not in args.skip else [])
+        mem = memory_sweep(names, args)
+        print("## 3. Peak memory — each configuration in a fresh process\n")
+        print(f"RSS via psutil; peak = `resource.getrusage(RUSAGE_SELF).ru_maxrss` after {args.mem_steps} "
+              "training steps (includes the build; 'peak during build' is the same counter read before the "
+              "first step).\n")
+        print(memory_markdown(mem))
+        print()
+        result["memory"] = mem
+
+    env["load_avg_end"] = os.getloadavg()
+    env["wall_s"] = time.perf_counter() - t_start
+    print(f"Total wall time {env['wall_s']:.0f} s; load average at end {env['load_avg_end'][0]:.2f}.")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"(JSON written to {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

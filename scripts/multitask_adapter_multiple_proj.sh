@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Paper row: multiple adapter with routing proj on VQAv2/GQA/NLVR2/COCO (CLIP-BART).
+# usage: bash scripts/multitask_adapter_multiple_proj.sh NGPU [section.key=value ...]
+exec bash "$(dirname "$0")/_launch.sh" multitask_adapter_multiple_proj "$@"

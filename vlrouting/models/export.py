@@ -1,0 +1,60 @@
+"""Export a fully fine-tuned VL-BART run as a backbone folder that later runs load with ``from_pretrained``.
+
+``python -m vlrouting.models.export --run snap/<exp>/<run> --out DIR``: rebuilds the run's model from its
+``config.yaml``, loads its saved weights (``adapter_model.safetensors``; for full fine-tuning that is every
+parameter), then writes ``DIR`` with the BART backbone and tokenizer (``save_pretrained``) plus
+``visual_embedding.safetensors``. Point ``model.backbone=DIR model.visual_init=DIR`` at it. The CPU demo uses
+this to give PEFT a "pretrained" tiny backbone (a short full fine-tuning warm-up on a disjoint split), the way a
+real run starts from ``facebook/bart-base``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from vlrouting.errors import DataError, VLRoutingError
+
+VISUAL_NAME = "visual_embedding.safetensors"
+
+
+def export_backbone(run_dir: str | Path, out_dir: str | Path) -> Path:
+    from vlrouting.config import load_config
+    from vlrouting.models.vlbart import build_vlbart, load_tokenizer
+    from vlrouting.peft import load_peft
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(f"{run_dir} has no config.yaml; give a finished run directory (snap/<experiment>/<run>).")
+    cfg = load_config(str(cfg_path))
+    tok = load_tokenizer(cfg.model)
+    model = build_vlbart(cfg.model, cfg.peft, pretrained=True, vocab_size=len(tok))
+    load_peft(model, run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.bart.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    tensors = {k: v.detach().contiguous() for k, v in model.visual_embedding.state_dict().items()}
+    save_file(tensors, str(out_dir / VISUAL_NAME))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vlrouting.models.export", description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        out = export_backbone(args.run, args.out)
+    except VLRoutingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported backbone, tokenizer and visual embedding to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
