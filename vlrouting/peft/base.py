@@ -49,7 +49,7 @@ class RoutedWrapper(nn.Module):
                 return self.tasks[0]
             raise RuntimeError("no task is set for this forward; call the model with a task "
                                "(per-task modules or a per-task routing mix need one)")
-        if task not in self.routing_map:
+        if task not in self.tasks:  # routing_map may hold extra entries (a user dict); only configured tasks run
             raise KeyError(f"task '{task}' has no PEFT module here; configured tasks: {', '.join(self.tasks)}")
         return task
 

@@ -75,12 +75,13 @@ def load_peft(model: nn.Module, in_dir: str | Path, strict: bool = True) -> dict
             f"({len(missing)}), unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''} "
             f"({len(unexpected)}); was it saved from a model with the same PEFT config?"
         )
+    for name, t in tensors.items():  # check every shape before copying anything: no half-loaded model
+        if name in params and params[name].shape != t.shape:
+            raise DataError(f"{path}: tensor '{name}' has shape {tuple(t.shape)}, the model expects "
+                            f"{tuple(params[name].shape)}.")
     with torch.no_grad():
         for name, t in tensors.items():
             if name in params:
-                if params[name].shape != t.shape:
-                    raise DataError(f"{path}: tensor '{name}' has shape {tuple(t.shape)}, the model expects "
-                                    f"{tuple(params[name].shape)}.")
                 params[name].copy_(t)
     cfg_path = in_dir / CONFIG_NAME
     return json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}

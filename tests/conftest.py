@@ -1,0 +1,77 @@
+"""Shared, generic fixtures: tiny BART backbones built locally (no downloads) and bart-base on the meta device.
+
+Keep this file small and generic; test-specific helpers belong in the test module that uses them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+#: Vocabulary size of the tiny test BART (ids 0..4 are BART's specials <s>, <pad>, </s>, <unk>, <mask>).
+TINY_VOCAB = 64
+
+
+@pytest.fixture
+def single_thread():
+    """Run the test with one intra-op thread, restoring the previous setting afterwards.
+
+    Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads competing
+    with other processes made the tiny-BART tests ~10x slower. Use with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_tiny_bart():
+    """Factory: a fresh tiny ``BartForConditionalGeneration`` with random weights fixed by ``seed``.
+
+    ``dropout=0.0`` (the default here) zeroes every dropout of the backbone so train-mode runs are
+    deterministic; pass ``dropout=None`` to keep bart-base's dropout rates. Extra keyword arguments override
+    :func:`vlrouting.models.tiny.tiny_bart_config`.
+    """
+    from transformers import BartForConditionalGeneration
+
+    from vlrouting.models.tiny import tiny_bart_config
+
+    def build(seed: int = 0, dropout: float | None = 0.0, **overrides):
+        if dropout is not None:
+            overrides = {"dropout": dropout, "attention_dropout": dropout, "activation_dropout": dropout,
+                         **overrides}
+        torch.manual_seed(seed)
+        return BartForConditionalGeneration(tiny_bart_config(TINY_VOCAB, **overrides))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_bart_dir(tmp_path_factory):
+    """A tiny BART saved with ``save_pretrained`` (seed 0, dropout 0), for tests of the ``from_pretrained`` path."""
+    from vlrouting.models.tiny import save_tiny_bart
+
+    out = tmp_path_factory.mktemp("tiny_bart")
+    return save_tiny_bart(out, TINY_VOCAB, seed=0, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
+@pytest.fixture
+def make_bart_base_meta():
+    """Factory: ``BartForConditionalGeneration`` with the packaged bart-base architecture on the meta device.
+
+    Nothing is allocated, so parameter counts of the full-size model cost milliseconds. Build anything that is
+    attached to it under ``with torch.device("meta"):`` as well.
+    """
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from vlrouting.models.tiny import bart_base_config_dict
+
+    def build():
+        cfg = bart_base_config_dict()
+        cfg.pop("model_type", None)
+        with torch.device("meta"):
+            return BartForConditionalGeneration(BartConfig(**cfg))
+
+    return build
