@@ -27,7 +27,7 @@ class DataConfig:
     root: str = "datasets"
     tasks: list[str] = field(default_factory=lambda: ["vqa", "gqa", "nlvr", "caption"])
     use_task_prompts: bool = True
-    gqa_prompt: str = "gqa: "  # VL-Adapter's scripts used the typo "gpa: " — set it for exact reproduction
+    gqa_prompt_typo: bool = False  # VL-Adapter's GQA prompt was "gpa: "; true reproduces it exactly
     num_workers: int = 4
     limit_train: int | None = None
     limit_eval: int | None = None

@@ -91,3 +91,51 @@ def save_tiny_bart(out_dir: str | Path, vocab_size: int, seed: int = 0, **overri
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def corpus_from_datasets(root: str | Path) -> list[str]:
+    """Every question, statement, answer and caption of a VL-Adapter-layout datasets root (for the tokenizer)."""
+    root = Path(root)
+    texts: list[str] = []
+    for rel in ("vqa/karpathy_train.json", "GQA/train.json", "GQA/valid.json", "nlvr/train.json"):
+        path = root / rel
+        if path.is_file():
+            for rec in json.loads(path.read_text()):
+                texts.append(str(rec.get("sent", "")))
+                label = rec.get("label")
+                if isinstance(label, dict):
+                    texts.extend(str(a) for a in label)
+        texts += ["true", "false"]
+    coco = root / "COCO/dataset_coco.json"
+    if coco.is_file():
+        for img in json.loads(coco.read_text())["images"]:
+            texts.extend(s["raw"] for s in img["sentences"])
+    return texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vlrouting.models.tiny --out DIR [--corpus-root DATASETS]``: a tiny tokenizer + BART folder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m vlrouting.models.tiny", description=main.__doc__)
+    ap.add_argument("--out", required=True, help="folder for the tokenizer and the tiny BART (save_pretrained)")
+    ap.add_argument("--corpus-root", help="datasets root whose texts train the tokenizer")
+    ap.add_argument("--vocab-size", type=int, default=800)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    texts = corpus_from_datasets(args.corpus_root) if args.corpus_root else []
+    tok = train_tiny_tokenizer(args.out, texts, vocab_size=args.vocab_size)
+    save_tiny_bart(args.out, len(tok), seed=args.seed, d_model=args.d_model, encoder_layers=args.layers,
+                   decoder_layers=args.layers, num_hidden_layers=args.layers, encoder_ffn_dim=2 * args.d_model,
+                   decoder_ffn_dim=2 * args.d_model)
+    print(f"tiny tokenizer ({len(tok)} tokens) and BART (d_model {args.d_model}, {args.layers}+{args.layers} "
+          f"layers) saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""FeatureStore: both on-disk layouts, pooling, DataLoader workers, errors; ``feature_extraction verify``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from feature_extraction.__main__ import main as fe_main
+from vlrouting.data.features import FeatureStore, adaptive_max_pool_grid, open_feature_store
+from vlrouting.errors import ConfigError, DataError, MissingFeatureError
+
+IDS = [f"COCO_train2014_{i:012d}" for i in (9, 25, 30)] + [f"COCO_val2014_{i:012d}" for i in (42, 73)]
+C = 2048
+
+
+def _grid(seed: int) -> np.ndarray:
+    """A 7×7×C grid as 49 row-major float16 tokens."""
+    return np.random.default_rng(seed).standard_normal((49, C)).astype(np.float16)
+
+
+def _torch_pool(tokens: np.ndarray, side: int = 6) -> np.ndarray:
+    s = int(np.sqrt(tokens.shape[0]))
+    g = torch.from_numpy(tokens.astype(np.float32)).T.reshape(1, -1, s, s)
+    return F.adaptive_max_pool2d(g, (side, side)).flatten(2).transpose(1, 2)[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """The same grids in three layouts: ours pooled (36), ours keep-grid (49), VL-Adapter's per-image files (49)."""
+    base = tmp_path_factory.mktemp("feats")
+    grids = {i: _grid(k) for k, i in enumerate(IDS)}
+    pooled = base / "pooled" / "COCO" / "clip_features"
+    keep = base / "keep" / "COCO" / "clip_features"
+    vla = base / "vla" / "COCO" / "clip_features"
+    for d in (pooled, keep, vla / "data_clip_RN101_att"):
+        d.mkdir(parents=True)
+    for split in ("train2014", "val2014"):
+        with h5py.File(pooled / f"{split}.h5", "w") as fp, h5py.File(keep / f"{split}.h5", "w") as fk:
+            fp.attrs["model_fingerprint"] = fk.attrs["model_fingerprint"] = "abc"
+            for i, g in grids.items():
+                if split in i:
+                    fp.create_dataset(i, data=_torch_pool(g).astype(np.float16))
+                    fk.create_dataset(i, data=g)
+    for i, g in grids.items():
+        with h5py.File(vla / "data_clip_RN101_att" / f"{i}.h5", "w") as f:
+            f.create_dataset(f"{i}/features", data=g)
+    return {"grids": grids, "pooled": pooled, "keep": keep, "vla": vla, "base": base}
+
+
+def test_layouts_agree_and_match_torch_pooling(roots):
+    stores = [FeatureStore(roots[k]) for k in ("pooled", "keep", "vla")]
+    for img_id, grid in roots["grids"].items():
+        want = _torch_pool(grid)
+        outs = [s[img_id] for s in stores]
+        for out in outs:
+            assert out.shape == (36, C) and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+        # fp16 storage: pooling before or after the cast gives the same bits (max commutes with rounding)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[1], outs[2])
+        np.testing.assert_array_equal(outs[2], want.astype(np.float16).astype(np.float32))
+    for s in stores:
+        assert s.ids() == set(IDS) and IDS[0] in s and "COCO_train2014_000000000001" not in s and len(s) == len(IDS)
+
+
+def test_n_boxes_49_and_general_pooling(roots):
+    g = roots["grids"][IDS[0]]
+    for key in ("keep", "vla"):
+        np.testing.assert_array_equal(FeatureStore(roots[key], n_boxes=49)[IDS[0]], g.astype(np.float32))
+    with pytest.raises(ConfigError, match="n_boxes 49"):
+        FeatureStore(roots["pooled"], n_boxes=49)[IDS[0]]
+    with pytest.raises(ConfigError, match="square"):
+        FeatureStore(roots["pooled"], n_boxes=40)
+    x = np.random.default_rng(0).standard_normal((196, 8)).astype(np.float32)
+    for side in (1, 3, 5, 6, 13):
+        np.testing.assert_array_equal(adaptive_max_pool_grid(x, side), _torch_pool(x, side))
+    single = FeatureStore(roots["pooled"] / "val2014.h5")
+    assert single.ids() == {i for i in IDS if "val2014" in i}
+
+
+def test_missing_id_and_bad_paths(roots, tmp_path):
+    store = open_feature_store(roots["base"] / "pooled", "COCO")
+    with pytest.raises(MissingFeatureError) as err:
+        store["COCO_val2014_000000999999"]
+    msg = str(err.value)
+    assert "COCO_val2014_000000999999" in msg and "train2014.h5" in msg and "--dataset coco" in msg
+    assert isinstance(err.value, KeyError) and isinstance(err.value, DataError)
+    with pytest.raises(MissingFeatureError, match="data_clip_RN101_att"):
+        FeatureStore(roots["vla"])["nope"]
+    with pytest.raises(DataError, match="does not exist"):
+        open_feature_store(tmp_path, "nlvr")
+    (tmp_path / "GQA" / "clip_features").mkdir(parents=True)
+    (tmp_path / "GQA" / "clip_features" / "testdev.h5.partial").write_bytes(b"")
+    with pytest.raises(DataError, match="unfinished testdev.h5.partial"):
+        open_feature_store(tmp_path, "GQA")
+    with pytest.raises(ConfigError, match="unknown feature dataset"):
+        open_feature_store(tmp_path, "flickr")
+    assert open_feature_store(roots["base"] / "pooled", "coco").path == store.path
+
+
+class _VQALike(torch.utils.data.Dataset):
+    def __init__(self, store, ids):
+        self.store, self.ids = store, ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.store[self.ids[i]])
+
+
+@pytest.mark.parametrize("key", ["pooled", "vla"])
+def test_dataloader_workers(roots, key):
+    store = FeatureStore(roots[key])
+    want = {i: store[i] for i in IDS}  # handles opened in the parent before the workers fork
+    ids = IDS * 4
+    loader = torch.utils.data.DataLoader(_VQALike(store, ids), batch_size=4, num_workers=2)
+    got = torch.cat(list(loader))
+    np.testing.assert_array_equal(got.numpy(), np.stack([want[i] for i in ids]))
+    clone = pickle.loads(pickle.dumps(store))  # spawn-style workers
+    assert clone._handles == {} and np.array_equal(clone[IDS[1]], want[IDS[1]])
+
+
+def _ann(tmp_path: Path, name: str, ids: list[str]) -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps([{"img_id": i, "sent": "q?", "question_id": k, "label": {}} for k, i in enumerate(ids)]))
+    return p
+
+
+def test_verify_good_and_bad(roots, tmp_path, capsys):
+    good = _ann(tmp_path, "good.json", IDS)
+    assert fe_main(["verify", "--annotations", str(good), "--features", str(roots["pooled"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK: all 5 image ids") and "36×2048 float16" in out[0]
+    nlvr = tmp_path / "nlvr.json"
+    nlvr.write_text(json.dumps([{"uid": "u", "identifier": "x-0-0-0", "img0": IDS[0], "img1": "gone-img1",
+                                 "sent": "s", "label": 1}]))
+    assert fe_main(["verify", "--annotations", str(good), str(nlvr), "--features", str(roots["vla"])]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("FAIL: 1 of 6 referenced image ids are missing") and out[1] == "missing: gone-img1"
+    bad = tmp_path / "bad" / "clip_features"
+    bad.mkdir(parents=True)
+    with h5py.File(bad / "a.h5", "w") as f:
+        x = np.zeros((36, 16), np.float16)
+        x[3, 4] = np.nan
+        f.create_dataset("im0", data=x)
+        f.create_dataset("im1", data=np.zeros((30, 16), np.float16))
+        f.create_dataset("im2", data=np.zeros((36, 16), np.float16))
+    assert fe_main(["verify", "--annotations", str(_ann(tmp_path, "b.json", ["im0", "im1", "im2"])),
+                    "--features", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "1 have a wrong shape" in out and "1 contain NaN/Inf" in out and "nonfinite: im0" in out
+    assert fe_main(["verify", "--annotations", str(good), "--features", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]

@@ -1,0 +1,54 @@
+"""Task registry: VQAv2, GQA, NLVR2 and COCO captioning as in VL-Adapter's four-task setup.
+
+``TASKS`` is the one registration point: a new task is one module with a :class:`Task` subclass plus one line here.
+Use :func:`get_task` (unknown names raise :class:`~vlrouting.errors.ConfigError`) and :func:`build_tasks` for a
+configured set (prompts off as in VL-Adapter's ``multiple_*`` scripts, or the ``gpa: `` typo of its ``single_*``
+scripts).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from vlrouting.errors import ConfigError
+from vlrouting.data.tasks.base import (
+    IGNORE_INDEX, SPLITS, DecodeSpec, FeatureSource, Source, Task, TaskDataset, best_answer, example_mean_loss,
+    sample_answer, token_losses,
+)
+from vlrouting.data.tasks.caption import CaptionTask
+from vlrouting.data.tasks.gqa import GQATask
+from vlrouting.data.tasks.nlvr import NLVRTask
+from vlrouting.data.tasks.vqa import VQATask
+
+TASKS: dict[str, Task] = {t.name: t for t in (VQATask(), GQATask(), NLVRTask(), CaptionTask())}
+
+
+def list_tasks() -> list[str]:
+    """Registered task names, in the paper's column order (VQA, GQA, NLVR², COCO)."""
+    return list(TASKS)
+
+
+def get_task(name: str, *, use_task_prompts: bool = True, vladapter_prompt_typo: bool = False) -> Task:
+    """The registered task ``name``, configured (see :meth:`Task.configured`)."""
+    if name not in TASKS:
+        raise ConfigError(f"Unknown task '{name}'; valid tasks: {', '.join(TASKS)}.")
+    return TASKS[name].configured(use_task_prompts=use_task_prompts, vladapter_prompt_typo=vladapter_prompt_typo)
+
+
+def build_tasks(names: Iterable[str] | str = tuple(TASKS), *, use_task_prompts: bool = True,
+                vladapter_prompt_typo: bool = False) -> dict[str, Task]:
+    """``{name: task}`` for a list (or comma-separated string) of names, in the given order."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if not names:
+        raise ConfigError(f"No tasks given; choose from {', '.join(TASKS)}.")
+    return {n: get_task(n, use_task_prompts=use_task_prompts, vladapter_prompt_typo=vladapter_prompt_typo)
+            for n in names}
+
+
+__all__ = [
+    "TASKS", "list_tasks", "get_task", "build_tasks", "Task", "TaskDataset", "Source", "DecodeSpec", "FeatureSource",
+    "VQATask", "GQATask", "NLVRTask", "CaptionTask", "SPLITS", "IGNORE_INDEX", "sample_answer", "best_answer",
+    "token_losses", "example_mean_loss",
+]

@@ -1,0 +1,127 @@
+"""VQAv2 on the Karpathy splits (VL-Adapter ``vqa_clip_data.py`` / ``vqa_model.py``; reference §1.2, §4.2, §3.4, §6).
+
+- Splits: ``vqa/karpathy_{train,val,test}.json``; images are COCO (``COCO/clip_features``).
+- Encoder text ``"vqa: " + question``, truncated to 20 tokens; the training target is one answer sampled per
+  access from the soft ``label`` (probability ∝ score), at most 10 tokens, and the loss is weighted by its score.
+- Evaluation: the official VQAv2 accuracy on the generated strings, against the 10 human answers. These come from
+  the Karpathy record's ``answers`` field when present, else from ``vqa/v2_mscoco_{train,val}2014_annotations.json``
+  indexed by ``question_id`` as VL-Adapter does (read lazily, once per dataset object).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from vlrouting.errors import DataError
+from vlrouting.data.tasks.base import (
+    DecodeSpec, Source, Task, TaskDataset, best_answer, example_mean_loss, read_json, sample_answer,
+)
+
+OFFICIAL_ANNOTATIONS = ("vqa/v2_mscoco_train2014_annotations.json", "vqa/v2_mscoco_val2014_annotations.json")
+
+
+def _answer_strings(answers) -> list[str]:
+    """Karpathy ``answers`` are dicts with an ``answer`` key (official format) or plain strings."""
+    return [a["answer"] if isinstance(a, Mapping) else str(a) for a in answers]
+
+
+@dataclass(frozen=True)
+class VQATask(Task):
+    name: str = "vqa"
+    prompt: str = "vqa: "
+    batch_ratio: Fraction = Fraction(1)
+    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: {
+        "train": (Source("vqa/karpathy_train.json", "COCO"),),
+        "val": (Source("vqa/karpathy_val.json", "COCO"),),
+        "test": (Source("vqa/karpathy_test.json", "COCO"),),
+    })
+    max_input_length: int | None = 20
+    max_target_length: int | None = 10
+    # Greedy; 20 = the max_length VL-Adapter's generate() fell back to (HF default; reference §4.3).
+    decode: DecodeSpec = DecodeSpec("greedy", num_beams=1, max_length=20)
+    headline_metric: str = "overall"
+    required_fields: tuple[str, ...] = ("img_id", "question_id")
+
+    def target(self, record: dict, train: bool, rng: np.random.Generator | None) -> tuple[str, float]:
+        """Training: sampled ∝ soft score, weight = its score. Eval: the top-scoring answer, for logging only."""
+        label = record.get("label") or {}
+        return sample_answer(label, rng) if train else best_answer(label)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example token mean × the soft score of the sampled answer, then batch mean (``VLBartVQA.train_step``)."""
+        per_example = example_mean_loss(logits, labels)
+        if loss_weights is None:
+            raise ValueError("the VQA loss needs loss_weights (the soft scores of the sampled answers)")
+        return (per_example * loss_weights.to(per_example)).mean()
+
+    def evaluation_records(self, dataset: TaskDataset) -> list[dict]:
+        """Records for ``evaluate_vqa``: question_id, answers (10 strings), answer_type, question_type, label."""
+        cache = dataset.__dict__.setdefault("_vqa_official", {})
+        if not cache:
+            no_answers = {r["question_id"] for r in dataset.records if "answers" not in r}
+            no_types = {r["question_id"] for r in dataset.records if "answer_type" not in r or "question_type" not in r}
+            if no_answers:  # VL-Adapter's way: the official files are the ground truth
+                cache.update(_official_answers(dataset.datasets_root, no_answers | no_types))
+            elif no_types:  # types only refine the breakdowns: read them when the files are there
+                try:
+                    cache.update(_official_answers(dataset.datasets_root, no_types))
+                except DataError:
+                    pass
+        out = []
+        for r in dataset.records:
+            official = cache.get(r["question_id"], {})
+            answers = r["answers"] if "answers" in r else official.get("answers")
+            if answers is None:
+                raise DataError(
+                    f"Question {r['question_id']} has no answers in {self.name} {dataset.split} nor in "
+                    f"{', '.join(OFFICIAL_ANNOTATIONS)}; add the official VQAv2 annotation files to the datasets root."
+                )
+            out.append({
+                "question_id": r["question_id"],
+                "answers": _answer_strings(answers),
+                "answer_type": r.get("answer_type", official.get("answer_type", "other")),
+                "question_type": r.get("question_type", official.get("question_type", "")),
+                "label": r.get("label") or {},
+            })
+        return out
+
+    def evaluate(self, predictions: Mapping, dataset: TaskDataset) -> dict:
+        from vlrouting.evaluation.vqa import evaluate_vqa
+
+        return evaluate_vqa(predictions, self.evaluation_records(dataset))
+
+
+def _official_answers(root: Path | None, question_ids: set) -> dict:
+    """question_id → {answers, answer_type, question_type} for ``question_ids``, from the official VQAv2 files."""
+    if root is None:
+        raise DataError("The VQA dataset has no datasets root to read the official answers from; build it with build_dataset.")
+    found: dict = {}
+    paths = [Path(root) / rel for rel in OFFICIAL_ANNOTATIONS]
+    existing = [p for p in paths if p.is_file()]
+    if not existing:
+        raise DataError(
+            f"The VQA records lack 'answers' and neither {paths[0]} nor {paths[1]} exists; "
+            "add the official VQAv2 annotation files (see the README's data section)."
+        )
+    for path in existing:
+        data = read_json(path)
+        anns = data.get("annotations") if isinstance(data, dict) else None
+        if not isinstance(anns, list):
+            raise DataError(f"Annotation file {path} lacks an 'annotations' list; re-download the official VQAv2 annotations.")
+        for a in anns:
+            qid = a.get("question_id")
+            if qid in question_ids:
+                found[qid] = {
+                    "answers": a.get("answers", []),
+                    "answer_type": a.get("answer_type", "other"),
+                    "question_type": a.get("question_type", ""),
+                }
+        if len(found) == len(question_ids):
+            break
+    return found

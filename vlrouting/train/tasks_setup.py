@@ -1,0 +1,58 @@
+"""Tasks of a run and the pre-flight check that runs before anything is written to ``snap/``.
+
+The pre-flight check loads every annotation file the run will read and checks that every referenced image id is
+present in its feature files, so a missing file or id fails in seconds with one sentence, not hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vlrouting.config import ExperimentConfig
+from vlrouting.data.tasks import build_tasks as _build_tasks
+from vlrouting.data.tasks.base import check_root, open_stores
+from vlrouting.errors import MissingFeatureError
+
+
+def build_tasks(cfg: ExperimentConfig) -> dict:
+    """The run's tasks, with the run's beam settings (train.num_beams, train.caption_max_length) applied."""
+    tasks = _build_tasks(cfg.data.tasks, use_task_prompts=cfg.data.use_task_prompts,
+                         vladapter_prompt_typo=cfg.data.gqa_prompt_typo)
+    for name, task in tasks.items():
+        if task.decode.strategy == "beam":
+            decode = dataclasses.replace(task.decode, num_beams=cfg.train.num_beams,
+                                         max_length=cfg.train.caption_max_length)
+            tasks[name] = dataclasses.replace(task, decode=decode)
+    return tasks
+
+
+def splits_used(cfg: ExperimentConfig) -> list[str]:
+    splits = ["train"]
+    if cfg.train.eval_every:
+        splits.append("val")
+    if cfg.train.test_after:
+        splits.append("test")
+    return splits
+
+
+def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
+    """Raise a one-sentence VLRoutingError if an annotation file, a feature file or an image id is missing."""
+    root = check_root(cfg.data.root)
+    stores: dict = {}
+    for name, task in tasks.items():
+        for split in splits_used(cfg):
+            records = task.load_records(root, split)
+            limit = cfg.data.limit_train if split == "train" else cfg.data.limit_eval
+            if limit is not None:
+                records = records[:limit]
+            needed = [n for n in task.feature_datasets(split) if n not in stores]
+            stores.update(open_stores(root, needed, None, cfg.model.n_boxes))
+            known = {n: stores[n].ids() for n in task.feature_datasets(split)}
+            for rec in records:
+                for ds, img_id in task.image_keys(rec):
+                    if img_id not in known[ds]:
+                        raise MissingFeatureError(
+                            f"{name} {split}: image id '{img_id}' has no features in {stores[ds].path}; "
+                            f"extract them with `bash scripts/extract_features.sh {ds.lower()}` "
+                            f"(or `python -m feature_extraction verify` to list every missing id)."
+                        )
