@@ -75,3 +75,28 @@ def make_bart_base_meta():
             return BartForConditionalGeneration(BartConfig(**cfg))
 
     return build
+
+
+@pytest.fixture(scope="session")
+def synthetic_bench(tmp_path_factory):
+    """A small synthetic four-task benchmark with real tiny-CNN features and a tiny backbone, built once.
+
+    Returns a dict with ``root`` (datasets root with ``<DS>/clip_features/*.h5``), ``tiny`` (tokenizer + tiny BART
+    saved with save_pretrained) and ``card`` (the benchmark card with the blind baselines).
+    """
+    from feature_extraction.extract import extract_dataset
+    from vlrouting.data.synthetic import generate
+    from vlrouting.models.tiny import main as tiny_main
+
+    base = tmp_path_factory.mktemp("synthetic_bench")
+    root = base / "datasets"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        card = generate(root, seed=0, scale=0.25)
+        extract_dataset(root, "synthetic", model="RN-tiny-w16", pretrained="none", recalibrate_bn=64,
+                        workers=0, progress=False, verbose=False)
+        tiny_main(["--out", str(base / "tiny"), "--corpus-root", str(root)])
+    finally:
+        torch.set_num_threads(before)
+    return {"root": root, "tiny": base / "tiny", "card": card, "base": base}

@@ -175,12 +175,58 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert YAML/override values to the field's type (YAML reads ``1e-3`` as a string, for instance)."""
+    import types
+    import typing
+
+    if value is None:
+        return None
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in [a for a in args if a is not type(None)]:
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where} must be true or false, got {value!r}.")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}.") from None
+        if hint is int:
+            if number != int(number):
+                raise ConfigError(f"{where} must be a whole number, got {value!r}.")
+            return int(number)
+        return number
+    if hint is str and not isinstance(value, str):
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}.")
+        return str(value)
+    return value
+
+
 def _section(cls, data: dict | None, name: str):
-    data = data or {}
+    import typing
+
+    data = dict(data or {})
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in section '{name}'; valid keys: {', '.join(sorted(valid))}.")
+    hints = typing.get_type_hints(cls)
+    for key in list(data):
+        data[key] = _coerce(data[key], hints.get(key), f"{name}.{key}")
     try:
         return cls(**data)
     except TypeError as exc:

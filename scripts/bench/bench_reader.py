@@ -11,7 +11,13 @@ then, for each worker count in a fresh subprocess, iterates a DataLoader over "q
 random image (several questions per image, shuffled, batch 64 — VQA's access pattern) and collates
 (B, 36, 2048) float32 batches. Reported: samples/s, and the peak RSS of the main process and of the largest worker
 (``ru_maxrss``), beside the file size — the reader must never load a whole file. The files are in the page cache
-(just written), so this measures the reader, not the disk.
+(just written), so this measures the reader, not the disk. A first row reads with a plain ``store[id]`` loop (no
+DataLoader), the reader's own cost.
+
+Reading the RSS column: with 0 workers the main process collates 19 MB batches itself, and glibc's dynamic mmap
+threshold then lets its heap fragment — peak RSS varies between runs (≈ +130 to +700 MB over the baseline here)
+and stays at ≈ +80 MB with ``MALLOC_MMAP_THRESHOLD_=262144``. That is the allocator, not the reader: the plain
+loop stays flat. The baseline (≈ 520 MB) is ``import torch``.
 """
 
 from __future__ import annotations
@@ -69,6 +75,14 @@ def _single(feature_dir: str, workers: int, samples: int, batch: int, threads: i
             return torch.from_numpy(store[questions[i]])
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if workers < 0:  # the reader alone: store[id] in a loop, no DataLoader, no collation
+        t = time.perf_counter()
+        for img_id in questions:
+            store[img_id]
+        dt = time.perf_counter() - t
+        return {"workers": "none (plain loop)", "torch_threads": torch.get_num_threads(),
+                "samples_per_s": len(questions) / dt, "samples": len(questions), "rss_before_mb": rss0 / 1024,
+                "peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss_worker_mb": 0.0}
     loader = torch.utils.data.DataLoader(Questions(), batch_size=batch, shuffle=True, num_workers=workers,
                                          generator=torch.Generator().manual_seed(0))
     it = iter(loader)
@@ -107,7 +121,7 @@ def main(argv=None) -> int:
         rows = []
         # workers=0 collates in the main process with torch's default thread count; on a small, shared machine
         # OpenMP threads spinning in torch.stack can dominate, so that case also runs with 1 thread.
-        runs = [(w, 0) for w in args.workers] + ([(0, 1)] if 0 in args.workers else [])
+        runs = [(-1, 1)] + [(w, 0) for w in args.workers] + ([(0, 1)] if 0 in args.workers else [])
         for w, threads in runs:
             out = subprocess.run([sys.executable, __file__, "--single", str(feature_dir), str(w), str(threads), "--samples",
                                   str(args.samples), "--batch-size", str(args.batch_size)],

@@ -45,6 +45,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_SAVES = 0
+
+
+def _maybe_die_in_checkpoint() -> None:
+    """Fault injection for the crash-safety test: ``VLROUTING_FAULT_KILL_IN_CHECKPOINT=k`` SIGKILLs the process
+    during its k-th checkpoint write, after the temporary file is complete and before it replaces the old one."""
+    global _SAVES
+    _SAVES += 1
+    target = os.environ.get("VLROUTING_FAULT_KILL_IN_CHECKPOINT")
+    if target and int(target) == _SAVES:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save_training_state(run_dir: Path, state: dict) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,8 +67,7 @@ def save_training_state(run_dir: Path, state: dict) -> Path:
         torch.save(state, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        if os.environ.get("VLROUTING_FAULT_KILL_IN_CHECKPOINT"):  # fault injection for the crash-safety test
-            os.kill(os.getpid(), signal.SIGKILL)
+        _maybe_die_in_checkpoint()
         os.replace(tmp, run_dir / STATE_NAME)
     finally:
         if os.path.exists(tmp):

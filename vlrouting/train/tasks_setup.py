@@ -11,7 +11,7 @@ import dataclasses
 from vlrouting.config import ExperimentConfig
 from vlrouting.data.tasks import build_tasks as _build_tasks
 from vlrouting.data.tasks.base import check_root, open_stores
-from vlrouting.errors import MissingFeatureError
+from vlrouting.errors import ConfigError, MissingFeatureError
 
 
 def build_tasks(cfg: ExperimentConfig) -> dict:
@@ -47,6 +47,8 @@ def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
                 records = records[:limit]
             needed = [n for n in task.feature_datasets(split) if n not in stores]
             stores.update(open_stores(root, needed, None, cfg.model.n_boxes))
+            for n in needed:
+                _check_feature_dim(cfg, stores[n])
             known = {n: stores[n].ids() for n in task.feature_datasets(split)}
             for rec in records:
                 for ds, img_id in task.image_keys(rec):
@@ -56,3 +58,13 @@ def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
                             f"extract them with `bash scripts/extract_features.sh {ds.lower()}` "
                             f"(or `python -m feature_extraction verify` to list every missing id)."
                         )
+
+
+def _check_feature_dim(cfg: ExperimentConfig, store) -> None:
+    ids = store.ids()
+    if not ids:
+        return
+    dim = store[next(iter(sorted(ids)))].shape[-1]
+    if dim != cfg.model.feat_dim:
+        raise ConfigError(f"features in {store.path} have {dim} channels but model.feat_dim is {cfg.model.feat_dim}; "
+                          f"set model.feat_dim={dim} (or extract features with the intended CLIP model).")
