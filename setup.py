@@ -5,7 +5,10 @@ setup(
     version="0.1.0",
     description="Vision-language PEFT with routing functions (Qu, Tuytelaars, Moens, ECCV 2024) on CLIP-BART",
     packages=find_packages(include=["vlrouting", "vlrouting.*", "feature_extraction", "feature_extraction.*"]),
-    package_data={"vlrouting": ["configs/*.yaml", "configs/*.json", "configs/arch/*.json", "data/*.json"]},
+    package_data={
+        "vlrouting": ["configs/*.yaml", "configs/*.json", "configs/arch/*.json", "data/*.json"],
+        "feature_extraction": ["model_configs/*.json"],
+    },
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[

@@ -29,18 +29,21 @@ mkdir -p "$WORK"
 # Small PEFT runs: tiny backbone, all four tasks, base batch 32 (per-task 32/53/10/26), no per-epoch validation.
 COMMON=(data.root="$WORK/datasets" model.backbone="$WORK/backbone" model.visual_init="$WORK/backbone"
         output.snap_dir="$OUT" data.num_workers=0 train.batch_size=32 train.eval_every=0
-        train.epochs=${DEMO_EPOCHS:-8} train.num_beams=3 train.log_every=0)
+        train.epochs=${DEMO_EPOCHS:-6} train.num_beams=3 train.log_every=0)
 
 stage "1 synthetic benchmark + warm-up set" bash -c "
   '$PY' -m vlrouting synthetic --root '$WORK/datasets' --seed 0 &&
   '$PY' -m vlrouting synthetic --root '$WORK/warmup' --seed 1 --scale 0.5"
 stage "2 tiny CLIP features (RN-tiny)" bash -c "
-  bash scripts/extract_features.sh synthetic --root '$WORK/datasets' --no-progress --threads 2 &&
-  bash scripts/extract_features.sh synthetic --root '$WORK/warmup' --no-progress --threads 2"
-stage "3 tiny tokenizer + BART" "$PY" -m vlrouting.models.tiny --out "$WORK/tiny" --corpus-root "$WORK/datasets"
+  bash scripts/extract_features.sh synthetic --root '$WORK/datasets' --no-progress --threads 1 \
+    --recalibrate-images '$WORK/datasets/COCO/images/train2014' &&
+  bash scripts/extract_features.sh synthetic --root '$WORK/warmup' --no-progress --threads 1 \
+    --recalibrate-images '$WORK/datasets/COCO/images/train2014'"
+stage "3 tiny tokenizer + BART" "$PY" -m vlrouting.models.tiny --out "$WORK/tiny" --corpus-root "$WORK/datasets" \
+  --d-model 128
 stage "4 full fine-tuning warm-up" bash scripts/vladapter_full_finetuning.sh "$NPROC" \
   data.root="$WORK/warmup" model.backbone="$WORK/tiny" output.snap_dir="$WORK/snap" output.experiment=warmup \
-  data.num_workers=0 train.batch_size=32 train.lr=1e-3 train.epochs=${WARMUP_EPOCHS:-12} train.eval_every=0 \
+  data.num_workers=0 train.batch_size=32 train.lr=5e-4 train.epochs=${WARMUP_EPOCHS:-15} train.eval_every=0 \
   train.test_after=false train.log_every=0 train.seed=0
 stage "5 export warmed-up backbone" "$PY" -m vlrouting.models.export --run "$WORK/snap/warmup/seed0" --out "$WORK/backbone"
 for NAME in multitask_adapter_multiple_none multitask_adapter_comb3; do

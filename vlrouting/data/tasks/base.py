@@ -38,8 +38,9 @@ SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -100  # labels at padded target positions (VL-Adapter collate_fn, reference §3.4)
 DEFAULT_MAX_TEXT_POSITIONS = 1024  # bart-base's learned text positions; guards the untruncated NLVR2 sentences
 DATA_HINT = (
-    "create the synthetic set with `python -m vlrouting synthetic --root DIR` "
-    "or the real one as described in the README's data section"
+    "place the VL-Adapter annotations there as described in the README's data section (or create the synthetic "
+    "set with `python -m vlrouting synthetic --root DIR`), then extract features with "
+    "`bash scripts/extract_features.sh {coco,vg,gqa,nlvr,synthetic} --root DIR`"
 )
 
 # ``features=`` of :meth:`Task.build_dataset`: None (open the packaged reader), a mapping from feature dataset name
