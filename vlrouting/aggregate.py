@@ -25,11 +25,11 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from vlrouting.fileio import atomic_write_bytes
 from vlrouting.errors import ConfigError, DataError
 from vlrouting.paper_results import COLUMN_TITLES, COLUMNS, TASKS, find_paper_row
 
@@ -352,22 +352,6 @@ def format_csv(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ write
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def render_plot(rows: list[dict]) -> bytes:
     """PNG bytes: one panel per column, one bar per configuration, std error bars, the paper's value as a tick."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching pyplot's global backend
@@ -433,7 +417,7 @@ def write_outputs(rows: list[dict], problems: list[Problem], out_dir: str | os.P
         payloads["png"] = render_plot(rows)
     for kind, data in payloads.items():
         path = out / OUTPUT_FILES[kind]
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         written[kind] = path
     return written
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping
 
+from vlrouting.fileio import atomic_write_text  # noqa: F401  (re-exported)
 from vlrouting.errors import DataError
 
 #: How many offending ids an error message names before it says "and N more".
@@ -79,32 +79,6 @@ def match_predictions(
             f"{len(missing)} {what}(s) of the references have no prediction ({name_ids(missing)}); predict them, "
             f"or pass allow_missing=True (--allow-missing) to score them as wrong.")
     return by_key, missing
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader never sees a half-written file, and a failure leaves the previous file (if any) untouched.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

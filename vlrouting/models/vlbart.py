@@ -19,7 +19,7 @@ Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF mo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 

@@ -12,7 +12,7 @@ import json
 import torch
 
 from vlrouting.data.multitask import make_eval_loader
-from vlrouting.peft.io import atomic_write_bytes
+from vlrouting.fileio import atomic_write_bytes
 
 
 @torch.no_grad()

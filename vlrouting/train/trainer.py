@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -31,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
 from vlrouting.peft import save_peft
-from vlrouting.peft.io import atomic_write_bytes
+from vlrouting.fileio import atomic_write_bytes
 from vlrouting.train.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 from vlrouting.train.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
 from vlrouting.train.predict import evaluate_split
@@ -330,7 +329,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--resume", choices=["latest"], help="continue the run in the configured run directory")
     ap.add_argument("--check", action="store_true", help="validate config, data and features, then exit")
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
