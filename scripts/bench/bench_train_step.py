@@ -298,8 +298,8 @@ def clean_rounds(times: dict[str, list[float]], slack: float) -> list[int]:
 def interleaved(runners: list[Runner], args, rounds: int, budget_s: float, label: str) -> dict:
     """Warm every runner up, then rounds of one timed step per runner (start rotating by one each round).
 
-    Stops once ``rounds`` clean rounds are in (see :func:`clean_rounds`), or after ``rounds`` rounds when the
-    time budget is spent, or at ``args.max_round_factor`` × ``rounds`` rounds.
+    Stops once ``rounds`` clean rounds are in (see :func:`clean_rounds`), or when the time budget is spent
+    (after at least 3 rounds), or at ``args.max_round_factor`` × ``rounds`` rounds.
     """
     for _ in range(args.warmup):
         for r in runners:
@@ -319,8 +319,12 @@ def interleaved(runners: list[Runner], args, rounds: int, budget_s: float, label
         elapsed = time.perf_counter() - t_all
         print(f"  [{label}] round {k}: {len(kept)} clean ({elapsed:.0f} s, load {os.getloadavg()[0]:.2f})",
               file=sys.stderr, flush=True)
-        if len(kept) >= rounds or k >= args.max_round_factor * rounds or (k >= rounds and elapsed > budget_s):
+        if len(kept) >= rounds or k >= args.max_round_factor * rounds or (k >= 3 and elapsed > budget_s):
             break
+    if len(clean_rounds(times, args.slack)) < rounds:
+        print(f"WARNING: [{label}] {len(clean_rounds(times, args.slack))} clean rounds of {k} within the budget "
+              f"({rounds} wanted): the machine is busy; figures are noisier than usual (try --threads 1)",
+              file=sys.stderr)
     for r in runners:
         if not torch.isfinite(torch.tensor(r.last_loss)):
             print(f"WARNING: {r.name} produced a non-finite loss ({r.last_loss})", file=sys.stderr)
@@ -524,8 +528,8 @@ def parse_args(argv=None):
     p.add_argument("--max-round-factor", type=float, default=3.0,
                    help="never run more than this × the wanted rounds")
     p.add_argument("--budget-s", type=float, default=240.0,
-                   help="after the wanted number of rounds, stop adding rounds past this many seconds "
-                        "(routing part; the peft part gets half)")
+                   help="stop adding rounds after this many seconds even if fewer clean rounds than wanted "
+                        "are in (routing part; the peft part gets half)")
     p.add_argument("--mem-steps", type=int, default=3, help="training steps before reading peak RSS")
     p.add_argument("--mem-configs", nargs="*", default=None,
                    help="configurations for the memory table (default: all that are timed)")

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlrouting.errors import DataError
+from vlrouting.fileio import _umask
 from vlrouting.fileio import atomic_write_bytes
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -33,6 +34,7 @@ def save_peft(model: nn.Module, out_dir: str | Path, config: dict) -> Path:
     tensors = trainable_state_dict(model)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         save_file(tensors, tmp, metadata={"format": "pt", "library": "vlrouting"})
         os.replace(tmp, out_dir / WEIGHTS_NAME)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vlrouting.errors import DataError
+from vlrouting.fileio import _umask
 
 STATE_NAME = "training_state.pt"
 
@@ -63,6 +64,7 @@ def save_training_state(run_dir: Path, state: dict) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE_NAME}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         torch.save(state, tmp)
         with open(tmp, "rb+") as fh:
