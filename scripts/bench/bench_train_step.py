@@ -284,15 +284,18 @@ def bootstrap_median_ci(xs: list[float], level: float = 0.90, n: int = 4000, see
 
 
 def clean_rounds(times: dict[str, list[float]], slack: float) -> list[int]:
-    """Rounds in which no step took more than ``slack`` × its configuration's median over all rounds.
+    """Rounds in which no step took more than ``slack`` × its configuration's fastest step.
+
+    Load from other processes only ever slows a step down, so the fastest step is the best estimate of the
+    undisturbed time (a median is not: under sustained load most steps are slow).
 
     Other processes on a 2-core machine make OpenMP steps 2–20× slower for tens of seconds at a time; a
     round hit by such a burst says nothing about the configurations' relative cost, so ratios use clean
     rounds only (the JSON keeps every round).
     """
-    med = {n: statistics.median(t) for n, t in times.items()}
+    best = {n: min(t) for n, t in times.items()}
     n_rounds = len(next(iter(times.values())))
-    return [k for k in range(n_rounds) if all(t[k] <= slack * med[n] for n, t in times.items())]
+    return [k for k in range(n_rounds) if all(t[k] <= slack * best[n] for n, t in times.items())]
 
 
 def interleaved(runners: list[Runner], args, rounds: int, budget_s: float, label: str) -> dict:
@@ -495,11 +498,11 @@ def noise_line(run: dict, ratios: dict[str, dict], args) -> str:
     kept, alls = run["kept"], run["all"]
     rel = {n: (summarize(t)["q75"] - summarize(t)["q25"]) / summarize(t)["median"] for n, t in kept.items()}
     rat = [(r["q75"] - r["q25"]) for r in ratios.values()]
-    slow = sum(1 for t in alls.values() for x in t if x > args.slack * statistics.median(t))
+    slow = sum(1 for t in alls.values() for x in t if x > args.slack * min(t))
     n = sum(len(t) for t in alls.values())
     shift = max(abs(r["median_all_rounds"] - r["median"]) for r in ratios.values())
     return (f"Rounds: {len(run['kept_rounds'])} clean of {run['n_rounds']} run ({run['elapsed_s']:.0f} s); "
-            f"{slow}/{n} timed steps took > {args.slack:g}× their config's median (bursts of load from other "
+            f"{slow}/{n} timed steps took > {args.slack:g}× their config's fastest step (load from other "
             f"processes) and their rounds were dropped; using every round instead would move a median ratio by "
             f"at most {shift:.3f}. In clean rounds: step-time IQR {min(rel.values()):.1%}–{max(rel.values()):.1%} "
             f"of the median per config, per-round ratio IQR width {min(rat):.3f}–{max(rat):.3f}.")
@@ -524,7 +527,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=15, help="clean interleaved rounds wanted (routing part)")
     p.add_argument("--peft-rounds", type=int, default=15, help="clean interleaved rounds wanted (peft part)")
     p.add_argument("--slack", type=float, default=1.3,
-                   help="a round is dropped when one of its steps took > SLACK × that config's median")
+                   help="a round is dropped when one of its steps took > SLACK × that config's fastest step")
     p.add_argument("--max-round-factor", type=float, default=3.0,
                    help="never run more than this × the wanted rounds")
     p.add_argument("--budget-s", type=float, default=240.0,
