@@ -3,27 +3,31 @@
 
 Run by hand (not a test)::
 
-    .venv/bin/python scripts/bench/bench_train_step.py                 # full run (~10 min on 2 CPU cores)
-    .venv/bin/python scripts/bench/bench_train_step.py --quick         # a smoke run (~3 min)
+    .venv/bin/python scripts/bench/bench_train_step.py                 # full run (~5 min on 2 idle cores)
+    .venv/bin/python scripts/bench/bench_train_step.py --quick         # a smoke run (~2 min)
+    .venv/bin/python scripts/bench/bench_train_step.py --threads 1     # steadier when other processes run
     .venv/bin/python scripts/bench/bench_train_step.py --x-r-source visual --out bench.json
+    .venv/bin/python scripts/bench/bench_train_step.py --profile lora-proj   # op table of one config
 
 Three measurements, printed as Markdown tables (and written as JSON with ``--out``):
 
 1. **Routing overhead.** One training step (forward, token cross-entropy, backward, grad-norm clip 5, AdamW step,
    zero_grad) of the bart-base-shaped VL-BART (random weights, d=768, 6+6 layers, 36 CLIP grid features of dim
    2048) for Adapter (single, r=96) and LoRA (single, r=128) with every routing function. All configurations
-   live in one process and are timed *interleaved*: every round times one step of each configuration (the
-   order rotates per round), so drifts in machine load hit all of them alike. Reported: the median step time
-   and, per configuration, the median of the per-round ratios to the same method's ``none`` with its IQR and
-   min/max. Target: every routing within 3 % of ``none``.
+   live in one process (frozen weight matrices shared) and are timed *interleaved*: every round times one
+   step of each configuration (the order rotates per round), so drifts in machine load hit all of them
+   alike; rounds hit by a burst of load are dropped (see :func:`clean_rounds`). Reported: the median step
+   time and, per configuration, the median of the per-round ratios to the same method's ``none`` with a 90 %
+   bootstrap interval, its IQR and min/max. Target: every routing within 3 % of ``none``.
 2. **Our LoRA vs peft's LoRA.** The same plain text-only BartForConditionalGeneration (same weights, same inputs,
    encoder length = text + visual tokens so the shapes match part 1), LoRA r=128/α=32/dropout 0.1 on q_proj and
    v_proj of encoder self-, decoder self- and decoder cross-attention (36 linears), attached once with
    ``vlrouting.peft.attach_peft`` (routing none) and once with ``peft.get_peft_model``; the same trainable set
    on both sides — LoRA only, and LoRA + every bias (VL-Adapter's LoRA rule; peft's ``bias="all"``). Interleaved
    the same way. Target: ours ≤ 1.05 × peft.
-3. **Peak memory.** Each configuration again in a fresh subprocess (``--single NAME``): RSS after building, and
-   ``ru_maxrss`` (peak RSS over the process' life, building included) after a few training steps.
+3. **Peak memory.** Each configuration again in a fresh subprocess (``--single NAME``, before the parent builds
+   anything): RSS after building, peak RSS (``VmHWM``) while building and — reset in between — while taking a
+   few training steps, and ``ru_maxrss`` (Linux carries it across ``exec``, hence the sweep runs first).
 
 Nothing is downloaded: the backbone is built from the packaged ``bart-base`` architecture with random weights.
 """
