@@ -7,7 +7,6 @@ A :class:`vlrouting.errors.VLRoutingError` becomes one line on stderr and exit s
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 COMMANDS = {
@@ -16,32 +15,11 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: python -m feature_extraction <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from vlrouting.errors import VLRoutingError
+    from vlrouting.cli_dispatch import dispatch
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"error: unknown command '{name}'; valid commands: {', '.join(COMMANDS)}.", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    try:
-        return int(module.main(rest) or 0)
-    except VLRoutingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished batches are kept; rerun the same command to resume.", file=sys.stderr)
-        return 130
+    return dispatch("python -m feature_extraction", COMMANDS, argv,
+                    interrupted="interrupted: finished batches are kept; rerun the same command to resume.")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """``python -m vlrouting <command> ...``: one entry point, one module per command.
 
-Each command lives in its own module and exposes ``main(argv) -> int``; this file only dispatches and turns a
-:class:`vlrouting.errors.VLRoutingError` into one line on stderr and exit status 2.
+Each command lives in its own module and exposes ``main(argv) -> int``; this file only lists them; the
+dispatch (and turning a VLRoutingError into one stderr line, exit 2) is :mod:`vlrouting.cli_dispatch`.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 COMMANDS = {
@@ -19,29 +18,10 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: python -m vlrouting <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from vlrouting.errors import VLRoutingError
+    from vlrouting.cli_dispatch import dispatch
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"error: unknown command '{name}'; valid commands: {', '.join(COMMANDS)}.", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    try:
-        return int(module.main(rest) or 0)
-    except VLRoutingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return dispatch("python -m vlrouting", COMMANDS, argv)
 
 
 if __name__ == "__main__":

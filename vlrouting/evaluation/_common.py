@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from vlrouting.fileio import atomic_write_text  # noqa: F401  (re-exported)
 from vlrouting.errors import DataError
@@ -32,6 +32,21 @@ def name_ids(ids: list[Any]) -> str:
     shown = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in ids[:MAX_NAMED_IDS])
     more = f" and {len(ids) - MAX_NAMED_IDS} more" if len(ids) > MAX_NAMED_IDS else ""
     return f"{shown}{more}"
+
+
+def question_records(data: Any, empty_msg: str, record_msg: str) -> list[tuple[Any, Mapping]]:
+    """``(question_id, record)`` pairs of a non-empty list of question records; DataErrors otherwise.
+
+    ``record_msg`` is formatted with ``i``, the index of a record that is not a mapping with a ``question_id``.
+    """
+    if not isinstance(data, Sequence) or isinstance(data, (str, bytes)) or not data:
+        raise DataError(empty_msg)
+    records = []
+    for i, record in enumerate(data):
+        if not isinstance(record, Mapping) or "question_id" not in record:
+            raise DataError(record_msg.format(i=i))
+        records.append((record["question_id"], record))
+    return records
 
 
 def index_references(records: Iterable[tuple[Hashable, Any]], what: str, source: str) -> dict[str, tuple[Any, Any]]:

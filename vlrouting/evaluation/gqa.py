@@ -13,10 +13,10 @@ too; its consistency/validity/plausibility/grounding metrics need scene graphs a
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from vlrouting.errors import DataError
-from vlrouting.evaluation._common import index_references, match_predictions, percent
+from vlrouting.evaluation._common import index_references, match_predictions, percent, question_records
 from vlrouting.evaluation.vqa import normalize_answer
 
 __all__ = ["evaluate_gqa"]
@@ -52,14 +52,9 @@ def evaluate_gqa(predictions: dict, data: list[dict], allow_missing: bool = Fals
     Returns:
         ``{"accuracy": float, "n": int}`` (+ ``missing_ids`` with ``allow_missing``).
     """
-    if not isinstance(data, Sequence) or isinstance(data, (str, bytes)) or not data:
-        raise DataError("the GQA references must be a non-empty list of {question_id, label} records; pass a file "
-                        "such as GQA/testdev.json.")
-    records = []
-    for i, record in enumerate(data):
-        if not isinstance(record, Mapping) or "question_id" not in record:
-            raise DataError(f"GQA record {i} has no 'question_id'; pass a VL-Adapter/LXMERT GQA file.")
-        records.append((record["question_id"], record))
+    records = question_records(
+        data, "the GQA references must be a non-empty list of {question_id, label} records; pass a file such as "
+        "GQA/testdev.json.", "GQA record {i} has no 'question_id'; pass a VL-Adapter/LXMERT GQA file.")
     refs = index_references(records, "question_id", "the GQA references")
     preds, missing = match_predictions(predictions, refs, "question_id", allow_missing)
 

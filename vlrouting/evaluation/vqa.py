@@ -45,6 +45,7 @@ from vlrouting.evaluation._common import (
     index_references,
     match_predictions,
     percent,
+    question_records,
 )
 
 __all__ = [
@@ -219,14 +220,10 @@ def evaluate_vqa(predictions: dict, annotations: list[dict], allow_missing: bool
     """
     if isinstance(annotations, Mapping) and "annotations" in annotations:
         annotations = annotations["annotations"]
-    if not isinstance(annotations, Sequence) or isinstance(annotations, (str, bytes)) or not annotations:
-        raise DataError("the VQA annotations must be a non-empty list of question records; pass the Karpathy "
-                        "split file or the official annotation file.")
-    records = []
-    for i, record in enumerate(annotations):
-        if not isinstance(record, Mapping) or "question_id" not in record:
-            raise DataError(f"VQA annotation record {i} has no 'question_id'; pass a VQAv2 annotation file.")
-        records.append((record["question_id"], record))
+    records = question_records(
+        annotations, "the VQA annotations must be a non-empty list of question records; pass the Karpathy split "
+        "file or the official annotation file.",
+        "VQA annotation record {i} has no 'question_id'; pass a VQAv2 annotation file.")
     refs = index_references(records, "question_id", "the VQA annotations")
     preds, missing = match_predictions(predictions, refs, "question_id", allow_missing)
 
