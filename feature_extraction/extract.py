@@ -16,7 +16,11 @@ batch composition; keep the same ``--batch-size``).
 Random-init towers (``--pretrained none``): ``--recalibrate-bn N`` first re-estimates BatchNorm statistics on a
 seeded sample of N of the images being extracted (or of ``--recalibrate-images DIR``); the sample, N and the
 network fingerprint are recorded, and a rerun must match them. Extract every split that will be used together in
-one run (``--dataset synthetic`` does), so that all files come from the same network.
+one run (``--dataset synthetic`` does), so that all files come from the same network. ``--standardize`` then
+measures each channel's mean/std over the pooled tokens of the same sample and writes standardised tokens
+(:func:`feature_extraction.model.calibrate_standardizer`; on by default for ``--dataset synthetic``, where it makes
+the tiny CLIP-BART read the visual tokens several times sooner; real RN101 features are never standardised unless
+asked).
 
 Unreadable or missing images go to ``<split>.bad_images.txt`` next to the output and never get an entry; the run
 fails (exit 2, the split left as ``.partial``) unless ``--skip-bad`` is given.
@@ -44,8 +48,8 @@ from . import model as M
 from .h5writer import H5Writer, finalize_partial, scan, settings_mismatch
 from .images import DATASETS, ChunkDataset, Job, folder_job, list_images, preset_jobs, worker_init
 
-SYNTHETIC_DEFAULTS = {"model": "RN-tiny", "pretrained": "none", "recalibrate_bn": 256}
-REAL_DEFAULTS = {"model": "RN101", "pretrained": "openai", "recalibrate_bn": 0}
+SYNTHETIC_DEFAULTS = {"model": "RN-tiny", "pretrained": "none", "recalibrate_bn": 256, "standardize": True}
+REAL_DEFAULTS = {"model": "RN101", "pretrained": "openai", "recalibrate_bn": 0, "standardize": False}
 FORMAT = "vlrouting-clip-grid-v1"
 
 
@@ -62,6 +66,7 @@ class ExtractOptions:
     image_size: int = 224
     recalibrate_bn: int = 0
     recalibrate_images: str | None = None
+    standardize: bool = False  # per-channel token standardisation measured on the recalibration sample
     skip_bad: bool = False
     progress: bool = True
     verbose: bool = True  # one summary line per file on stdout
@@ -112,6 +117,9 @@ class Extractor:
         if opts.threads < 0:
             raise ConfigError(f"--threads must be 0 (torch's default) or more, got {opts.threads}.")
         M.check_model(opts.model)
+        if opts.standardize and opts.recalibrate_bn <= 0:
+            raise ConfigError("--standardize measures its statistics on the --recalibrate-bn sample; pass "
+                              "--recalibrate-bn N (e.g. 256) too, or drop --standardize.")
         if opts.threads:
             torch.set_num_threads(opts.threads)
         self.opts = opts
@@ -157,6 +165,7 @@ class Extractor:
             "dtype": "float16",
             "recalibrate_bn": len(self.recal_ids),
             "recalibration_ids_sha256": recal_sha,
+            "standardize_tokens": int(bool(o.standardize)),
         }
 
     def provenance(self) -> dict:
@@ -208,6 +217,9 @@ class Extractor:
             seen = M.recalibrate_bn(visual, batches, self.device)
             if seen == 0:
                 raise DataError("--recalibrate-bn: none of the sampled images could be read; check the image folder.")
+            if o.standardize:
+                batches = (x for _, _, x, _ in self._loader(chunks) if x is not None)
+                M.calibrate_standardizer(visual, batches, self.side, self.device)
         self.visual = visual
         self.fingerprint = M.fingerprint(visual)
 
@@ -217,10 +229,10 @@ class Extractor:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16):
-                grid = M.grid_features(self.visual, x)
+                out = M.tokens(self.visual, x, self.side)
         else:
-            grid = M.grid_features(self.visual, x)
-        return M.pool_tokens(grid.float(), self.side).to(torch.float16).cpu().numpy()
+            out = M.tokens(self.visual, x, self.side)
+        return out.to(torch.float16).cpu().numpy()
 
     # ---- jobs
     def run(self) -> list[JobResult]:
@@ -363,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", help="a folder of images (recursive) instead of --dataset")
     src.add_argument("--output", help="with --images: the .h5 file to write")
     src.add_argument("--annotations", nargs="+", help="with --images: only the ids these annotation files reference")
-    net = p.add_argument_group("network (defaults: RN101/openai; for --dataset synthetic: RN-tiny/none/recalibrate 256)")
+    net = p.add_argument_group("network (defaults: RN101/openai; for --dataset synthetic: RN-tiny/none/"
+                                "recalibrate 256/standardize)")
     net.add_argument("--model", default=None, help="an open_clip ResNet config (RN50, RN101, RN50x4, RN-tiny, ...)")
     net.add_argument("--pretrained", default=None, help="open_clip weights tag or checkpoint path; none = random init")
     net.add_argument("--seed", type=int, default=0, help="seed of a random-init tower and of the recalibration sample")
@@ -371,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-estimate BatchNorm statistics on N images first (for random-init towers)")
     net.add_argument("--recalibrate-images", default=None, metavar="DIR",
                      help="sample the recalibration images from DIR instead of the images being extracted")
+    net.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                     help="standardise each channel of the pooled tokens with its mean/std on the recalibration "
+                          "sample (default: on for --dataset synthetic, off otherwise)")
     run = p.add_argument_group("run")
     run.add_argument("--keep-grid", action="store_true", help="store the full 7×7 grid (49 tokens), no pooling")
     run.add_argument("--image-size", type=int, default=224)
@@ -411,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         pretrained=args.pretrained if args.pretrained is not None else defaults["pretrained"],
         seed=args.seed,
         recalibrate_bn=args.recalibrate_bn if args.recalibrate_bn is not None else defaults["recalibrate_bn"],
-        recalibrate_images=args.recalibrate_images, keep_grid=args.keep_grid, image_size=args.image_size,
+        recalibrate_images=args.recalibrate_images,
+        standardize=args.standardize if args.standardize is not None else defaults["standardize"],
+        keep_grid=args.keep_grid, image_size=args.image_size,
         batch_size=args.batch_size, workers=args.workers, device=args.device, threads=args.threads,
         skip_bad=args.skip_bad,
         progress=not args.no_progress and sys.stderr.isatty())

@@ -32,7 +32,7 @@ from vlrouting.errors import ConfigError
 COMPLETE = "complete"
 # Provenance keys that must agree for a rerun to add to an existing file (the rest is informative).
 SETTINGS_KEYS = ("model", "pretrained", "seed", "image_size", "n_tokens", "grid", "dtype", "recalibrate_bn",
-                 "recalibration_ids_sha256")
+                 "recalibration_ids_sha256", "standardize_tokens")
 KILL_ENV = "FEATURE_EXTRACTION_KILL_AFTER_BATCHES"
 
 

@@ -10,6 +10,12 @@ the CPU demo (``layers [1, 1, 1, 1]``): ``RN-tiny`` (width 64 → 2048 channels,
 Random-init towers have BatchNorm running statistics of an untrained net, which makes raw features tiny
 (std ~1e-3) and useless for training (reference/demo_learnability.md). :func:`recalibrate_bn` re-estimates them in
 one pass over images in train mode with ``momentum=None`` (a cumulative average), which makes them usable.
+Even then the pooled tokens of a random tower share a large per-channel offset and channel scales that differ by
+10×, and a tiny CLIP-BART spends its first few hundred steps before it reads them at all (measured in the issue-7
+note: grounding of colour questions from step ~300-400 raw vs ~100 standardised). :func:`calibrate_standardizer`
+therefore measures each channel's mean and std over the pooled tokens of the same images and attaches a
+:class:`TokenStandardizer` that :func:`tokens` applies — part of the tiny tower, so the fingerprint covers it.
+Pretrained towers (RN101/openai) get neither unless asked, so real features stay exactly VL-Adapter's.
 :func:`fingerprint` hashes the final weights and buffers so that files written by different runs can be checked to
 come from the same network.
 """
@@ -135,6 +141,54 @@ def pool_tokens(grid: torch.Tensor, side: int | None) -> torch.Tensor:
     if side is not None and tuple(grid.shape[-2:]) != (side, side):
         grid = F.adaptive_max_pool2d(grid, (side, side))
     return grid.flatten(2).transpose(1, 2)
+
+
+class TokenStandardizer(nn.Module):
+    """Per-channel ``(x - mean) / std`` of pooled tokens, with statistics from :func:`calibrate_standardizer`."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens - self.mean.to(tokens.dtype)) / self.std.to(tokens.dtype)
+
+
+def tokens(visual: nn.Module, x: torch.Tensor, side: int | None) -> torch.Tensor:
+    """Images → (B, side², C) float32 tokens: layer4 grid, adaptive max pooling, then the tower's
+    :class:`TokenStandardizer` when it has one."""
+    out = pool_tokens(grid_features(visual, x).float(), side)
+    std = getattr(visual, "token_standardizer", None)
+    return std(out) if std is not None else out
+
+
+@torch.no_grad()
+def calibrate_standardizer(visual: nn.Module, batches, side: int | None, device: torch.device | str = "cpu",
+                           eps: float = 1e-3) -> int:
+    """Measures each channel's mean and std over every pooled token of ``batches`` (eval mode, float64 sums) and
+    attaches them as ``visual.token_standardizer``. Returns the number of images seen."""
+    visual.token_standardizer = None  # measure the raw tokens
+    visual.eval()
+    total = sq = None
+    count, seen = 0, 0
+    for x in batches:
+        t = tokens(visual, x.to(device), side).double()
+        t = t.reshape(-1, t.shape[-1])
+        total = t.sum(0) if total is None else total + t.sum(0)
+        sq = (t * t).sum(0) if sq is None else sq + (t * t).sum(0)
+        count += t.shape[0]
+        seen += x.shape[0]
+    if seen == 0:
+        del visual.token_standardizer
+        return 0
+    mean = total / count
+    var = (sq / count - mean * mean).clamp_min(0.0)
+    module = TokenStandardizer(mean.numel()).to(device)
+    module.mean.copy_(mean.float())
+    module.std.copy_(var.sqrt().clamp_min(eps).float())
+    visual.token_standardizer = module
+    return seen
 
 
 def feature_dim(visual: nn.Module) -> int:

@@ -23,6 +23,7 @@ from feature_extraction.images import folder_job, load_image, preset_jobs
 from feature_extraction.verify import verify
 from vlrouting.data import synthetic
 from vlrouting.data.features import FeatureStore, open_feature_store
+from vlrouting.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model="RN-tiny-w16", pretrained="none", batch_size=4, workers=1, progress=False)
@@ -87,7 +88,7 @@ def test_synthetic_preset_files_and_provenance(syn):
 def test_pooling_equals_direct_model_and_keep_grid(syn, tmp_path):
     root, _ = syn
     jobs = preset_jobs(root, "synthetic")
-    ex = Extractor(ExtractOptions(recalibrate_bn=8, **TINY), jobs)  # same sample → same network
+    ex = Extractor(ExtractOptions(recalibrate_bn=8, standardize=True, **TINY), jobs)  # same sample → same network
     ex.ensure_model()
     coco = jobs[0]
     with h5py.File(coco.output, "r") as f:
@@ -98,7 +99,9 @@ def test_pooling_equals_direct_model_and_keep_grid(syn, tmp_path):
     with torch.inference_mode():
         grid = M.grid_features(ex.visual, x)
     assert grid.shape == (4, 512, 7, 7)
-    pooled = F.adaptive_max_pool2d(grid, (6, 6)).flatten(2).transpose(1, 2).half().numpy()
+    pooled = F.adaptive_max_pool2d(grid, (6, 6)).flatten(2).transpose(1, 2)
+    norm = ex.visual.token_standardizer  # the synthetic preset standardises each channel (recalibration sample)
+    pooled = ((pooled - norm.mean) / norm.std).half().numpy()
     for k, i in enumerate(first):
         np.testing.assert_array_equal(stored[i], pooled[k])
     # --keep-grid: the 49 row-major tokens of the grid; the reader pools them to what a pooled run stores
@@ -116,6 +119,36 @@ def test_pooling_equals_direct_model_and_keep_grid(syn, tmp_path):
     for i in kept:
         np.testing.assert_array_equal(store_grid[i], store_pooled[i])
     assert FeatureStore(tmp_path / "grid", n_boxes=49)[first[0]].shape == (49, 512)
+
+
+def test_token_standardizer_statistics(syn):
+    """Standardised tokens of the calibration sample have per-channel mean 0 and std 1 (float64 reference)."""
+    root, _ = syn
+    images = sorted((root / "COCO/images/train2014").glob("*.jpg"))
+    x = torch.stack([load_image(p) for p in images])
+    visual = M.build_visual("RN-tiny-w16", "none", seed=0)
+    M.recalibrate_bn(visual, [x[:3], x[3:]])
+    raw = M.tokens(visual, x, 6).double().reshape(-1, 512)
+    assert M.calibrate_standardizer(visual, [x[:2], x[2:]], 6) == len(images)
+    np.testing.assert_allclose(visual.token_standardizer.mean.double(), raw.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(visual.token_standardizer.std.double(), raw.std(0, unbiased=False).clamp_min(1e-3),
+                               rtol=1e-4, atol=1e-6)
+    out = M.tokens(visual, x, 6).double().reshape(-1, 512)
+    keep = raw.std(0) > 1e-2
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(0, unbiased=False)[keep], 1.0, rtol=1e-3)
+    before = M.fingerprint(visual)
+    visual.token_standardizer.std.mul_(2)
+    assert M.fingerprint(visual) != before  # part of the network: files of another calibration are refused
+
+
+def test_standardize_needs_recalibration_sample(syn):
+    root, _ = syn
+    with pytest.raises(ConfigError, match="--recalibrate-bn"):
+        Extractor(ExtractOptions(standardize=True, **TINY), preset_jobs(root, "synthetic"))
+    # a rerun with the other choice is refused by name instead of mixing two kinds of tokens
+    with pytest.raises(ConfigError, match="standardize_tokens"):
+        extract_dataset(root, "synthetic", recalibrate_bn=8, standardize=False, **TINY)
 
 
 def test_resume_after_sigkill_equals_uninterrupted(syn, tmp_path):

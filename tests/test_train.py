@@ -205,3 +205,19 @@ def test_bad_config_values(synthetic_bench, tmp_path, override, needle):
 def test_unknown_config_name(tmp_path):
     proc = run_train(["--config", "no_such_config"])
     _assert_one_sentence(proc, "no_such_config")
+
+
+def test_batch_ratio_overrides():
+    """data.batch_ratios.<task> replaces VL-Adapter's ratio for that task only; bad entries are one sentence."""
+    from vlrouting.config import load_config
+    from vlrouting.errors import ConfigError
+    from vlrouting.train.tasks_setup import build_tasks
+
+    cfg = load_config("vladapter_full_finetuning", ["train.batch_size=32", "data.batch_ratios.nlvr=1.5"])
+    assert {n: t.batch_size(32) for n, t in build_tasks(cfg).items()} == {"vqa": 32, "gqa": 53, "nlvr": 48,
+                                                                         "caption": 26}
+    for bad, needle in ((["data.batch_ratios.foo=1"], "not a task of this run"),
+                        (["data.batch_ratios.nlvr=0"], "positive number"),
+                        (["data.batch_ratios=3"], "map task names")):
+        with pytest.raises(ConfigError, match=needle):
+            build_tasks(load_config("vladapter_full_finetuning", bad))

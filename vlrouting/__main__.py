@@ -14,6 +14,7 @@ COMMANDS = {
     "aggregate": ("vlrouting.aggregate", "mean ± std tables over seeds, beside the paper's numbers"),
     "synthetic": ("vlrouting.data.synthetic", "write the synthetic four-task benchmark"),
     "train": ("vlrouting.train", "train (use torchrun -m vlrouting.train for several processes)"),
+    "baselines": ("vlrouting.baselines", "blind baselines of a synthetic root (majority answer, majority caption)"),
     "routings": ("vlrouting.routing", "list the routing functions and mixes"),
 }
 

@@ -29,6 +29,9 @@ class DataConfig:
     use_task_prompts: bool = True
     gqa_prompt_typo: bool = False  # VL-Adapter's GQA prompt was "gpa: "; true reproduces it exactly
     num_workers: int = 4
+    # per-task batch ratio overrides, e.g. {nlvr: 1.0}: per-task batch = int(train.batch_size · ratio); unset tasks
+    # keep VL-Adapter's 1 / 100:60 / 20:60 / 50:60 (reference §5.2)
+    batch_ratios: dict[str, float] = field(default_factory=dict)
     limit_train: int | None = None
     limit_eval: int | None = None
 

@@ -7,6 +7,7 @@ present in its feature files, so a missing file or id fails in seconds with one 
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 from vlrouting.config import ExperimentConfig
 from vlrouting.data.tasks import build_tasks as _build_tasks
@@ -15,9 +16,25 @@ from vlrouting.errors import ConfigError, MissingFeatureError
 
 
 def build_tasks(cfg: ExperimentConfig) -> dict:
-    """The run's tasks, with the run's beam settings (train.num_beams, train.caption_max_length) applied."""
+    """The run's tasks, with the run's beam settings (train.num_beams, train.caption_max_length) and batch ratio
+    overrides (data.batch_ratios) applied."""
     tasks = _build_tasks(cfg.data.tasks, use_task_prompts=cfg.data.use_task_prompts,
                          vladapter_prompt_typo=cfg.data.gqa_prompt_typo)
+    ratios = cfg.data.batch_ratios or {}
+    if not isinstance(ratios, dict):
+        raise ConfigError(f"data.batch_ratios must map task names to numbers (e.g. data.batch_ratios.nlvr=1), got "
+                          f"{ratios!r}.")
+    for name, ratio in ratios.items():
+        if name not in tasks:
+            raise ConfigError(f"data.batch_ratios.{name}: '{name}' is not a task of this run; tasks: "
+                              f"{', '.join(tasks)}.")
+        try:
+            value = Fraction(str(ratio)).limit_denominator(1000)
+        except (ValueError, ZeroDivisionError):
+            value = Fraction(0)
+        if value <= 0:
+            raise ConfigError(f"data.batch_ratios.{name} must be a positive number, got {ratio!r}.")
+        tasks[name] = dataclasses.replace(tasks[name], batch_ratio=value)
     for name, task in tasks.items():
         if task.decode.strategy == "beam":
             decode = dataclasses.replace(task.decode, num_beams=cfg.train.num_beams,
