@@ -1,8 +1,8 @@
 """A synthetic four-task benchmark (VQAv2 / GQA / NLVR² / COCO captions) in VL-Adapter's exact on-disk formats.
 
 It is the framework's embedded default and the test suite's data: small rendered scenes (1–3 shapes — circle,
-square, triangle — in six colours, two sizes, on a 3×3 layout with distinct columns; 1–2 shapes in NLVR² images,
-whose statements are mostly about colours, see ``NLVR_KINDS``) written as 224×224 JPEGs,
+square, triangle — in six colours, two sizes, on a 3×3 layout with distinct columns; one shape per NLVR² image,
+whose statements are read off the colours, see ``NLVR_KINDS``) written as 224×224 JPEGs,
 and annotations in the files and fields VL-Adapter's loaders read (reference/vladapter_spec.md §1.1–§1.3, §1.7):
 
 ```
@@ -21,8 +21,9 @@ and annotations in the files and fields VL-Adapter's loaders read (reference/vla
   nlvr/{train,valid,test}.json              (valid.json uses the dev images, as in NLVR²)
 ```
 
-Every question needs the image: colours, shapes, counts and positions are drawn independently and uniformly, so
-a model that ignores vision stays at the answer prior. Yes/no answers (VQA, GQA) and true/false labels (NLVR²,
+Every question needs the image: colours, shapes, counts and positions are drawn independently and uniformly
+(except that the two images of an NLVR² pair share a colour half the time), so a model that ignores vision stays at
+the answer prior. Yes/no answers (VQA, GQA) and true/false labels (NLVR²,
 also per statement template) are balanced by construction. VQA records carry 10 human-style answers with
 occasional noise (synonyms such as "two"/"violet", confusions, yes↔no flips), so the soft ``label`` scores use the
 LXMERT/VL-Adapter scale 1 → 0.3, 2 → 0.6, 3 → 0.9, ≥4 → 1.0 over the answers in ``trainval_ans2label``.
@@ -42,7 +43,7 @@ best a model that ignores the image can do. Default sizes, seed 0 (1,016 images)
 |------|-------|-----|------|-------------------------------|---------------------------------|
 | VQA (karpathy_*) | 2,160 q / 360 img | 360 q / 60 img | 360 q / 60 img | "no": 0.243 / 0.236 / 0.234 | 0.464 / 0.487 / 0.459 |
 | GQA (train+valid / testdev) | 960 + 240 q / 160 + 40 img | — | 360 q / 60 img | "no": 0.252 / 0.250 / 0.250 | 0.439 / 0.438 / 0.414 |
-| NLVR² (train / valid / test) | 720 ex / 90 pairs | 192 / 24 | 192 / 24 | false: 0.519 / 0.484 / 0.552 | 0.542 / 0.479 / 0.557 |
+| NLVR² (train / valid / test) | 720 ex / 90 pairs | 192 / 24 | 192 / 24 | false: 0.504 / 0.490 / 0.500 | 0.553 / 0.542 / 0.568 |
 | captions (Karpathy) | 360 img × 5 (train+restval) | 60 × 5 | 60 × 5 | n/a | n/a |
 
 Everything is deterministic from the seed: the same seed gives byte-identical files (fixed JSON key order and
