@@ -39,7 +39,7 @@ def read_card(root: Path) -> dict:
 def majority_caption(dataset_coco: dict) -> str:
     """The most frequent training caption (train + restval); ties → the alphabetically first."""
     counts: Counter = Counter()
-    for image in dataset_coco["images"]:
+    for image in dataset_coco.get("images", []):
         if image.get("split") in ("train", "restval"):
             counts.update(s["raw"].strip().lower().rstrip(".") for s in image["sentences"])
     if not counts:
@@ -51,17 +51,14 @@ def majority_caption(dataset_coco: dict) -> str:
 def caption_baseline(root: Path) -> dict:
     """``{"caption": str, "val": CIDEr, "test": CIDEr}`` of the majority caption, or ``{"unavailable": reason}``."""
     from vlrouting.evaluation.caption import evaluate_caption
+    from vlrouting.evaluation.cli import _load_caption_references
+    from vlrouting.evaluation._common import read_json
 
     path = Path(root) / "COCO" / "dataset_coco.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} ({exc.__class__.__name__}); regenerate the synthetic root.") from None
-    text = majority_caption(data)
+    text = majority_caption(read_json(path, "references"))
     out: dict = {"caption": text}
     for split in EVAL_SPLITS["caption"]:
-        refs = {Path(im["filename"]).stem: [s["raw"] for s in im["sentences"]]
-                for im in data["images"] if im.get("split") == split}
+        refs, _ = _load_caption_references(path, split)
         try:
             out[split] = evaluate_caption({k: text for k in refs}, refs, spice="off")["CIDEr"]
         except DataError as exc:  # no Java: say so, keep the other baselines
