@@ -19,10 +19,9 @@ from pathlib import Path
 
 from vlrouting.errors import DataError
 
-EVAL_SPLITS = {"vqa": ("karpathy_val", "karpathy_test"), "gqa": ("valid", "testdev"), "nlvr": ("valid", "test"),
-               "caption": ("val", "test")}
-SPLIT_ROLE = {"karpathy_val": "val", "karpathy_test": "test", "valid": "val", "testdev": "test", "test": "test",
-              "val": "val"}
+# the file split each task is validated / tested on
+EVAL_SPLITS = {"vqa": {"val": "karpathy_val", "test": "karpathy_test"}, "gqa": {"val": "valid", "test": "testdev"},
+               "nlvr": {"val": "valid", "test": "test"}, "caption": {"val": "val", "test": "test"}}
 
 
 def read_card(root: Path) -> dict:
@@ -57,10 +56,10 @@ def caption_baseline(root: Path) -> dict:
     path = Path(root) / "COCO" / "dataset_coco.json"
     text = majority_caption(read_json(path, "references"))
     out: dict = {"caption": text}
-    for split in EVAL_SPLITS["caption"]:
+    for role, split in EVAL_SPLITS["caption"].items():
         refs, _ = _load_caption_references(path, split)
         try:
-            out[split] = evaluate_caption({k: text for k in refs}, refs, spice="off")["CIDEr"]
+            out[role] = evaluate_caption({k: text for k in refs}, refs, spice="off")["CIDEr"]
         except DataError as exc:  # no Java: say so, keep the other baselines
             return {"caption": text, "unavailable": str(exc)}
     return out
@@ -73,15 +72,15 @@ def blind_baselines(root, captions: bool = True) -> dict:
     out: dict = {}
     for task in ("vqa", "gqa", "nlvr"):
         splits = card[task]["splits"]
-        out[task] = {SPLIT_ROLE[s]: {k: round(100 * splits[s][k], 2) for k in ("majority", "type_prior")}
-                     for s in EVAL_SPLITS[task]}
+        out[task] = {role: {k: round(100 * splits[s][k], 2) for k in ("majority", "type_prior")}
+                     for role, s in EVAL_SPLITS[task].items()}
     if captions:
         cap = caption_baseline(root)
         out["caption"] = {"majority_caption": cap["caption"]}
         if "unavailable" in cap:
             out["caption"]["unavailable"] = cap["unavailable"]
         else:
-            out["caption"].update({s: {"majority": round(cap[s], 2)} for s in EVAL_SPLITS["caption"]})
+            out["caption"].update({role: {"majority": round(cap[role], 2)} for role in EVAL_SPLITS["caption"]})
     return out
 
 
