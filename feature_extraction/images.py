@@ -1,7 +1,8 @@
 """Where the images of each dataset split live, and how one image becomes a network input.
 
-Presets follow the real layouts VL-Adapter's data uses (reference/vladapter_spec.md §1.1, §1.7) — which the
-synthetic benchmark (``vlrouting.data.synthetic``) reproduces — relative to a datasets root:
+Presets are the image collections of the dataset layout (:mod:`vlrouting.data.layout`), the real layouts
+VL-Adapter's data uses (reference/vladapter_spec.md §1.1, §1.7) — which the synthetic benchmark
+(``vlrouting.data.synthetic``) reproduces — relative to a datasets root:
 
 | preset | split → image folder (first that exists; VG: all)           | output                            | ids |
 |--------|--------------------------------------------------------------|-----------------------------------|-----|
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlrouting.data.layout import COLLECTIONS, feature_file, image_id
 from vlrouting.errors import ConfigError, DataError
 
 from .model import CLIP_MEAN, CLIP_STD
@@ -45,20 +47,9 @@ class Job:
     image_dirs: list[Path] = field(default_factory=list)
 
 
-# dataset → (feature folder, {split: candidate image folders}, annotation files restricting the ids, union of dirs?)
-PRESETS: dict[str, tuple[str, dict[str, tuple[str, ...]], tuple[str, ...], bool]] = {
-    "coco": ("COCO", {"train2014": ("COCO/images/train2014", "COCO/train2014"),
-                      "val2014": ("COCO/images/val2014", "COCO/val2014")}, (), False),
-    "vg": ("VG", {"train": ("VG/images", "VG/VG_100K", "VG/VG_100K_2")}, ("GQA/train.json", "GQA/valid.json"), True),
-    "gqa": ("GQA", {"testdev": ("GQA/images",)}, ("GQA/testdev.json",), False),
-    "nlvr": ("nlvr", {"train": ("nlvr/images/train", "nlvr/train"), "dev": ("nlvr/images/dev", "nlvr/dev"),
-                      "test": ("nlvr/images/test", "nlvr/images/test1", "nlvr/test", "nlvr/test1")}, (), False),
-}
+# The presets are the dataset layout's image collections (vlrouting.data.layout: folders, ids, restricting files).
+PRESETS = {c.extract_name: c for c in COLLECTIONS.values()}
 DATASETS = tuple(PRESETS) + ("synthetic",)
-
-
-def image_id(path: Path) -> str:
-    return path.name.split(".")[0]
 
 
 def list_images(dirs: list[Path]) -> dict[str, Path]:
@@ -104,8 +95,10 @@ def referenced_ids(annotation: Path) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def preset_jobs(root: Path, dataset: str, split: str | None = None, all_images: bool = False) -> list[Job]:
-    """The jobs of a dataset preset under a datasets root (``synthetic``: all four datasets)."""
+def preset_jobs(root: Path, dataset: str, split: str | None = None, all_images: bool = False,
+                kind: str = "clip") -> list[Job]:
+    """The jobs of a dataset preset under a datasets root (``synthetic``: all four datasets); ``kind`` picks the
+    feature folder the outputs go to (``clip``: ``<DS>/clip_features/<split>.h5``)."""
     root = Path(root)
     dataset = dataset.lower()
     if dataset not in DATASETS:
@@ -113,8 +106,9 @@ def preset_jobs(root: Path, dataset: str, split: str | None = None, all_images: 
     if dataset == "synthetic":
         if split not in (None, "all"):
             raise ConfigError("--split cannot be combined with --dataset synthetic, which extracts every split.")
-        return [job for ds in PRESETS for job in preset_jobs(root, ds, None, all_images)]
-    folder, splits, annotations, union = PRESETS[dataset]
+        return [job for ds in PRESETS for job in preset_jobs(root, ds, None, all_images, kind)]
+    coll = PRESETS[dataset]
+    folder, splits, annotations, union = coll.folder, coll.splits, coll.restrict_to, coll.union
     if split not in (None, "all") and split not in splits:
         raise ConfigError(f"--split {split} is not a split of {dataset}; choose one of {', '.join(splits)} or all.")
     jobs = []
@@ -137,7 +131,7 @@ def preset_jobs(root: Path, dataset: str, split: str | None = None, all_images: 
             wanted = [i for a in ann for i in referenced_ids(a)]
             images = {i: images.get(i) for i in sorted(dict.fromkeys(wanted))}
             source += f" (ids referenced by {', '.join(a.name for a in ann)})"
-        jobs.append(Job(f"{folder}/{name}", root / folder / "clip_features" / f"{name}.h5", images, source, dirs))
+        jobs.append(Job(f"{folder}/{name}", feature_file(root, folder, name, kind), images, source, dirs))
     return jobs
 
 

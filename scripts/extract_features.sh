@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLIP grid features for every split of one dataset (one HDF5 file per split under <root>/<DS>/clip_features/):
+# Features for every split of one dataset (one HDF5 file per split under <root>/<DS>/clip_features/):
 #   bash scripts/extract_features.sh DATASET [--root DIR] [extra options of `python -m feature_extraction extract`]
 # DATASET: coco (train2014, val2014), vg (GQA train+valid images), gqa (testdev), nlvr (train, dev, test), or
 # synthetic (all four; tiny random-init RN-tiny with BatchNorm recalibration unless --model/--pretrained say else).
@@ -25,32 +25,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# need NAME CANDIDATE...: at least one candidate image folder must exist under ROOT
-need() {
-  local name=$1 c
-  shift
-  for c in "$@"; do
-    [[ -d "$ROOT/$c" ]] && return 0
-  done
-  local looked=""
-  for c in "$@"; do looked+="${looked:+, }$ROOT/$c"; done
-  echo "error: no image folder for $name (looked for $looked); put the images there or pass --root DIR." >&2
-  exit 2
-}
-coco()  { need "coco train2014" COCO/images/train2014 COCO/train2014; need "coco val2014" COCO/images/val2014 COCO/val2014; }
-vg()    { need "vg (GQA train/valid images)" VG/images VG/VG_100K VG/VG_100K_2; }
-gqa()   { need "gqa testdev" GQA/images; }
-nlvr()  { need "nlvr train" nlvr/images/train nlvr/train; need "nlvr dev" nlvr/images/dev nlvr/dev;
-          need "nlvr test" nlvr/images/test nlvr/images/test1 nlvr/test nlvr/test1; }
-
-case "$DATASET" in
-  coco) coco ;;
-  vg) vg ;;
-  gqa) gqa ;;
-  nlvr) nlvr ;;
-  synthetic) coco; vg; gqa; nlvr ;;
-  *) echo "error: unknown dataset '$DATASET'; choose one of coco, vg, gqa, nlvr, synthetic." >&2; exit 2 ;;
-esac
-
 PY=${PYTHON:-python3}
+# fail fast (no network is loaded) when an image folder of the dataset layout (vlrouting/data/layout.py) is missing
+"$PY" -m vlrouting.data.layout check-images "$DATASET" "$ROOT"
 exec "$PY" -m feature_extraction extract --dataset "$DATASET" --root "$ROOT" ${ARGS[@]+"${ARGS[@]}"}

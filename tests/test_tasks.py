@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from vlrouting.data.layout import DataSpec
 from vlrouting.data.tasks import (
     IGNORE_INDEX, TASKS, build_tasks, get_task, list_tasks, sample_answer,
 )
@@ -278,7 +279,7 @@ def test_nlvr_two_images(tokenizer, fixture_root, stores):
     assert batch["labels"].shape[1] <= 3 and batch["labels"][1, 0].item() == 0
     n_tokens = len(tokenizer("nlvr: " + LONG_SENT)["input_ids"])
     assert n_tokens > 20 and len(ds[0]["input_ids"]) == n_tokens  # NLVR2 text is not truncated
-    guarded = build("nlvr", "train", tokenizer, fixture_root, stores, max_text_positions=16)
+    guarded = build("nlvr", "train", tokenizer, fixture_root, stores, spec=DataSpec(max_text_positions=16))
     assert len(guarded[0]["input_ids"]) == 16  # ... except by the model's text positions
     val = build("nlvr", "val", tokenizer, fixture_root, stores)
     assert task.collate([val[0]])["labels"] is not None

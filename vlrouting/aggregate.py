@@ -1,8 +1,9 @@
 """``python -m vlrouting aggregate``: mean ± std over seeds in the paper's layout, beside the paper's numbers.
 
 Collects every ``results.json`` below the given snap directories (``snap/<experiment>/<run>/results.json``, written
-by the trainer; DESIGN §7), groups the runs by configuration and writes, in the paper's column order (VQA, GQA,
-NLVR², COCO CIDEr, Avg, then seeds and trainable %; Tables 7, 8, C7):
+by the trainer; DESIGN §7), groups the runs by configuration and writes, with the columns the runs' tasks define
+(:func:`vlrouting.data.tasks.report_columns`: each task's columns, then its task set's average — for the CLIP-BART
+benchmark the paper's VQA, GQA, NLVR², COCO CIDEr, Avg of Tables 7, 8, C7), then seeds and trainable %:
 
 - ``results.md``  — the Markdown table also printed on stdout; under each configuration a second line with the
   paper's numbers for its ``paper_row`` (:mod:`vlrouting.paper_results`), then every missing or failed run;
@@ -10,8 +11,8 @@ NLVR², COCO CIDEr, Avg, then seeds and trainable %; Tables 7, 8, C7):
 - ``results.png`` — one panel per column, one bar per configuration, sample-std error bars, paper values as ticks.
 
 Statistics: mean and sample standard deviation (ddof=1) over the runs of a group. A group with one run shows the
-mean alone and ``n=1`` (no std is invented). Avg is the mean of the four headline numbers and exists only for runs
-that have all four tasks. Runs without ``results.json`` or whose ``status`` is not ``"completed"`` are listed by
+mean alone and ``n=1`` (no std is invented). An average column (Avg of the four CLIP-BART tasks) exists only for
+runs that have every task of its set. Runs without ``results.json`` or whose ``status`` is not ``"completed"`` are listed by
 path and reason, never silently dropped. Outputs are written atomically (temporary file + rename).
 """
 
@@ -31,7 +32,8 @@ from typing import Any, Iterable
 
 from vlrouting.fileio import atomic_write_bytes
 from vlrouting.errors import ConfigError, DataError
-from vlrouting.paper_results import COLUMN_TITLES, COLUMNS, TASKS, find_paper_row
+from vlrouting.data.tasks import TableColumn, default_tasks, report_columns, table_values, task_set_of
+from vlrouting.paper_results import find_paper_row
 
 RESULTS_FILE = "results.json"
 #: Files that mark a directory as a run directory even before results.json exists (the trainer's outputs).
@@ -40,8 +42,6 @@ RUN_MARKERS = frozenset({"config.yaml", "metrics.jsonl", "training_state.pt", "l
 #: Our own outputs; a folder holding only these is not an unfinished run.
 OUTPUT_FILES = {"md": "results.md", "csv": "results.csv", "png": "results.png"}
 GROUP_BY_CHOICES = ("config_name", "experiment", "paper_row")
-#: Where a headline number is found in ``test`` when ``summary`` lacks it (the trainer's metric names).
-_TEST_HEADLINE = {"vqa": ("overall", "accuracy"), "gqa": ("accuracy",), "nlvr": ("accuracy",), "caption": ("CIDEr",)}
 _ERROR_FIELDS = ("error", "message", "reason", "traceback")
 
 
@@ -51,7 +51,7 @@ class Run:
 
     path: Path
     data: dict
-    values: dict[str, float]  # subset of COLUMNS; "avg" only when all four tasks exist
+    values: dict[str, float]  # column key → number (vlrouting.data.tasks.table_values)
 
     @property
     def seed(self) -> Any:
@@ -99,20 +99,7 @@ def _is_number(value: Any) -> bool:
 def _headline_values(data: dict) -> dict[str, float]:
     summary = data.get("summary") if isinstance(data.get("summary"), dict) else {}
     test = data.get("test") if isinstance(data.get("test"), dict) else {}
-    values: dict[str, float] = {}
-    for task in TASKS:
-        if _is_number(summary.get(task)):
-            values[task] = float(summary[task])
-            continue
-        metrics = test.get(task)
-        if isinstance(metrics, dict):
-            for name in _TEST_HEADLINE[task]:
-                if _is_number(metrics.get(name)):
-                    values[task] = float(metrics[name])
-                    break
-    if all(task in values for task in TASKS):
-        values["avg"] = sum(values[task] for task in TASKS) / len(TASKS)
-    return values
+    return table_values({t: m for t, m in test.items() if isinstance(m, dict)}, summary)
 
 
 def _load_run(run_dir: Path) -> Run | Problem:
@@ -204,11 +191,14 @@ def aggregate_runs(runs: Iterable[Run], group_by: str = "config_name") -> list[d
 
     ``group_by`` is a results.json field (``config_name`` by default; ``experiment``, ``paper_row``); a run
     lacking it falls back to ``config_name``, then ``experiment``, then its parent folder's name.
-    Row keys: group, group_by, n, seeds, runs, experiments, vqa, gqa, nlvr, caption, avg, trainable_percent,
-    trainable, paper_row, paper (a :class:`vlrouting.paper_results.PaperRow` or None), notes.
+    Row keys: group, group_by, n, seeds, runs, experiments, one per column key (``columns``: the table's
+    :class:`~vlrouting.data.tasks.TableColumn` list, shared by every row), trainable_percent, trainable, paper_row,
+    paper (a :class:`vlrouting.paper_results.PaperRow` or None), notes.
     """
     if group_by not in GROUP_BY_CHOICES:
         raise ConfigError(f"unknown --group-by '{group_by}'; use one of: {', '.join(GROUP_BY_CHOICES)}.")
+    runs = list(runs)
+    columns = table_columns(runs)
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group_name(group_by), []).append(run)
@@ -220,8 +210,9 @@ def aggregate_runs(runs: Iterable[Run], group_by: str = "config_name") -> list[d
                                "seeds": [r.seed for r in members], "runs": [str(r.path) for r in members],
                                "experiments": sorted({str(r.data.get("experiment") or r.path.parent.name)
                                                       for r in members})}
-        for col in COLUMNS:
-            row[col] = _stats([r.values[col] for r in members if col in r.values])
+        row["columns"] = columns
+        for col in columns:
+            row[col.key] = _stats([r.values[col.key] for r in members if col.key in r.values])
         row["trainable_percent"] = _stats([p for p in (r.trainable_percent for r in members) if p is not None])
         trainable = {(r.data.get("params") or {}).get("trainable") for r in members if isinstance(r.data.get("params"), dict)}
         row["trainable"] = trainable.pop() if len(trainable) == 1 else None
@@ -244,6 +235,28 @@ def aggregate_runs(runs: Iterable[Run], group_by: str = "config_name") -> list[d
         row["notes"] = notes
         rows.append(row)
     return rows
+
+
+def table_columns(runs: Iterable[Run]) -> list[TableColumn]:
+    """The columns of a table over ``runs``: those of every task any run reports, then the set average."""
+    from vlrouting.data.tasks import TASKS
+
+    tasks: list[str] = []
+    for run in runs:
+        for key in [*(run.data.get("tasks") or []), *(run.data.get("test") or {}), *(run.data.get("summary") or {})]:
+            if key in TASKS and key not in tasks:
+                tasks.append(key)
+    return report_columns(tasks or default_tasks())
+
+
+def _columns(rows: list[dict]) -> list[TableColumn]:
+    return rows[0]["columns"] if rows else report_columns(default_tasks())
+
+
+def _table_note(columns: list[TableColumn]) -> str:
+    task_set = task_set_of({c.task for c in columns if c.task})
+    note = task_set.table_note if task_set is not None and task_set.table_note else "Metrics ×100."
+    return note + " " if note else ""
 
 
 # ----------------------------------------------------------------------------------------------------- format
@@ -281,25 +294,25 @@ def _md_escape(text: str) -> str:
 
 def format_markdown(rows: list[dict], problems: list[Problem]) -> str:
     """The Markdown report: the table (our line, then the paper's line per configuration) and every problem."""
-    headers = ["Configuration"] + [COLUMN_TITLES[c] for c in COLUMNS] + ["Seeds", "Trainable %"]
+    columns = _columns(rows)
+    headers = ["Configuration"] + [c.title for c in columns] + ["Seeds", "Trainable %"]
     lines = [
         "Mean ± sample std (ddof=1) over seeds; with one seed the mean alone (n=1). "
-        "Accuracy ×100 for VQA, GQA, NLVR²; CIDEr ×100 for COCO; Avg = mean of the four. "
-        "↳ lines: the paper's numbers for the configuration's paper_row.",
+        + _table_note(columns) + "↳ lines: the paper's numbers for the configuration's paper_row.",
         "",
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] + ["---:"] * len(COLUMNS) + ["---", "---:"]) + "|",
+        "|" + "|".join(["---"] + ["---:"] * len(columns) + ["---", "---:"]) + "|",
     ]
     notes: list[str] = []
     for row in rows:
-        cells = [f"**{_md_escape(row['group'])}**"] + [format_cell(row[c], row["n"]) for c in COLUMNS]
+        cells = [f"**{_md_escape(row['group'])}**"] + [format_cell(row[c.key], row["n"]) for c in columns]
         cells += [_seeds_text(row), _trainable_text(row)]
         lines.append("| " + " | ".join(cells) + " |")
         paper = row.get("paper")
         if paper is not None:
             quoted = f", {paper.source}" if paper.baseline else ""
             label = f"↳ paper `{paper.key}` ({paper.table}, {paper.label}{quoted})"
-            pcells = [_md_escape(label)] + [paper.format(c) for c in COLUMNS]
+            pcells = [_md_escape(label)] + [paper.format(c.key) for c in columns]
             pcells += [f"n={paper.n_seeds}", "" if paper.trainable_percent is None else f"{paper.trainable_percent:.2f}"]
             lines.append("| " + " | ".join(pcells) + " |")
         notes += [f"- {row['group']}: {note}" for note in row.get("notes", [])]
@@ -318,11 +331,12 @@ def format_markdown(rows: list[dict], problems: list[Problem]) -> str:
 
 def format_csv(rows: list[dict]) -> str:
     """One line per configuration: our mean/std/n per column, seeds, trainable %, then the paper's columns."""
+    columns = [c.key for c in _columns(rows)]
     header = ["configuration"]
-    for col in COLUMNS:
+    for col in columns:
         header += [f"{col}_mean", f"{col}_std", f"{col}_n"]
     header += ["n_seeds", "trainable_percent", "paper_row"]
-    for col in COLUMNS:
+    for col in columns:
         header += [f"paper_{col}", f"paper_{col}_std"]
     header += ["paper_n_seeds", "paper_source", "seeds", "runs"]
     buf = io.StringIO()
@@ -334,12 +348,12 @@ def format_csv(rows: list[dict]) -> str:
 
     for row in rows:
         line = [row["group"]]
-        for col in COLUMNS:
+        for col in columns:
             stats = row[col]
             line += [num(stats["mean"]), num(stats["std"]), stats["n"] or ""]
         line += [row["n"], num(row["trainable_percent"]["mean"]), row.get("paper_row") or ""]
         paper = row.get("paper")
-        for col in COLUMNS:
+        for col in columns:
             if paper is None:
                 line += ["", ""]
             else:
@@ -359,7 +373,9 @@ def render_plot(rows: list[dict]) -> bytes:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    cols = [c for c in COLUMNS if any(r[c]["n"] for r in rows)] or list(COLUMNS)
+    all_columns = _columns(rows)
+    titles = {c.key: c.title for c in all_columns}
+    cols = [c.key for c in all_columns if any(r[c.key]["n"] for r in rows)] or list(titles)
     n_groups = max(len(rows), 1)
     width = min(40.0, max(10.0, len(cols) * (1.2 + 0.3 * n_groups)))
     legend_in = 0.3 + 0.18 * math.ceil((n_groups + 1) / 3)  # room below the panels for the legend
@@ -388,13 +404,13 @@ def render_plot(rows: list[dict]) -> bytes:
             span = max(highs) - min(lows)
             pad = max(span * 0.25, 0.5)
             ax.set_ylim(min(lows) - pad, max(highs) + pad)
-        ax.set_title(COLUMN_TITLES[col])
+        ax.set_title(titles[col])
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([str(i + 1) for i in range(len(rows))], fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[i], label=f"{i + 1}. {row['group']}") for i, row in enumerate(rows)]
     if paper_drawn:
-        handles.append(Line2D([], [], color="black", linewidth=2, label="paper (Tables 7, 8, C7)"))
+        handles.append(Line2D([], [], color="black", linewidth=2, label="paper"))
     fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles) or 1), fontsize=8, frameon=False)
     fig.suptitle("mean ± sample std over seeds (no error bar: one seed); black tick: the paper's number")
     fig.tight_layout(rect=(0, legend_in / (3.6 + legend_in), 1, 0.95))
@@ -427,7 +443,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m vlrouting aggregate",
         description="Mean ± std over seeds of every run below SNAP_DIR (results.md, results.csv, results.png), "
-                    "beside the paper's numbers (Tables 7, 8, C7).")
+                    "beside the paper's numbers.")
     ap.add_argument("snap_dirs", nargs="+", metavar="SNAP_DIR", help="folders searched recursively for results.json")
     ap.add_argument("--out", help="output folder (default: the first SNAP_DIR)")
     ap.add_argument("--group-by", default="config_name", choices=GROUP_BY_CHOICES,

@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from vlrouting.data.layout import ANNOTATIONS
 from vlrouting.errors import DataError
 
 # the file split each task is validated / tested on
@@ -53,7 +54,7 @@ def caption_baseline(root: Path) -> dict:
     from vlrouting.evaluation.cli import _load_caption_references
     from vlrouting.evaluation._common import read_json
 
-    path = Path(root) / "COCO" / "dataset_coco.json"
+    path = Path(root) / ANNOTATIONS["coco_captions"]["test"][0].annotation
     text = majority_caption(read_json(path, "references"))
     out: dict = {"caption": text}
     for role, split in EVAL_SPLITS["caption"].items():

@@ -1,8 +1,8 @@
 """``python -m vlrouting params --config NAME|PATH [key=value ...]``: trainable / total parameters.
 
-Builds VL-BART from the packaged architecture config on the ``meta`` device (no weights, no download), attaches
-the configured PEFT modules and prints ``trainable: N | total: M | trainable%: P`` with VL-Adapter's definition
-(total includes the PEFT modules, reference §3.9).
+Builds the config's model family from its packaged architecture configs on the ``meta`` device (no weights, no
+download), attaches the configured PEFT modules and prints ``trainable: N | total: M | trainable%: P`` with
+VL-Adapter's definition (total includes the PEFT modules, reference §3.9).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.list or not args.config:
         print("\n".join(packaged_configs()))
         return 0 if args.list else 2
-    from vlrouting.models.vlbart import build_vlbart
+    from vlrouting.models.registry import build_model
     from vlrouting.peft import format_parameter_report
 
     cfg = load_config(args.config, args.overrides)
-    model = build_vlbart(cfg.model, cfg.peft, pretrained=False, device="meta")
+    model = build_model(cfg.model, cfg.peft, pretrained=False, device="meta")
     counts = model.parameter_report()
     print(json.dumps(counts) if args.json else format_parameter_report(counts))
     return 0

@@ -1,7 +1,8 @@
 """Experiment configuration: typed dataclasses, YAML files, ``key=value`` overrides, resolved config saved per run.
 
 A config file has the sections ``model``, ``peft`` (``null`` = full fine-tuning), ``data``, ``train`` and ``output``
-plus ``name`` and ``paper_row``. It may ``inherit`` another config (packaged name or path); later values win.
+plus ``name`` and ``paper_row``. ``model.family`` (default ``clip_bart``) selects a registered model family
+(:mod:`vlrouting.models.registry`), whose typed config class defines the other ``model`` keys. It may ``inherit`` another config (packaged name or path); later values win.
 Packaged configs live in ``vlrouting/configs/*.yaml`` and are addressed by file stem, e.g.
 ``multitask_adapter_comb3``. Overrides use dotted keys: ``train.lr=3e-4 peft.routing=comb1 data.root=/data``.
 A key that does not exist is an error naming it and the valid keys of its section.
@@ -17,15 +18,19 @@ from typing import Any
 
 import yaml
 
+from vlrouting.data.tasks.sets import default_tasks
 from vlrouting.errors import ConfigError
-from vlrouting.models.vlbart import ModelConfig
+from vlrouting.models.base import FamilyConfig
+from vlrouting.models.registry import family_config_class
 from vlrouting.peft import PeftConfig
+
+DEFAULT_FAMILY = "clip_bart"
 
 
 @dataclass
 class DataConfig:
     root: str = "datasets"
-    tasks: list[str] = field(default_factory=lambda: ["vqa", "gqa", "nlvr", "caption"])
+    tasks: list[str] = field(default_factory=default_tasks)
     use_task_prompts: bool = True
     gqa_prompt_typo: bool = False  # VL-Adapter's GQA prompt was "gpa: "; true reproduces it exactly
     num_workers: int = 4
@@ -74,7 +79,7 @@ class OutputConfig:
 class ExperimentConfig:
     name: str = "experiment"
     paper_row: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: FamilyConfig = field(default_factory=lambda: family_config_class(DEFAULT_FAMILY)())
     peft: PeftConfig | None = field(default_factory=PeftConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -90,8 +95,16 @@ class ExperimentConfig:
         return Path(self.output.snap_dir) / exp / run
 
 
-SECTIONS = {"model": ModelConfig, "peft": PeftConfig, "data": DataConfig, "train": TrainConfig,
+SECTIONS = {"model": FamilyConfig, "peft": PeftConfig, "data": DataConfig, "train": TrainConfig,
             "output": OutputConfig}
+
+
+def section_class(section: str, tree: dict) -> type:
+    """The dataclass of a config section; ``model``'s depends on the tree's ``model.family``."""
+    if section == "model":
+        family = (tree.get("model") or {}).get("family") or DEFAULT_FAMILY
+        return family_config_class(str(family))
+    return SECTIONS[section]
 TOP_KEYS = {"name", "paper_row", "inherit", *SECTIONS}
 
 
@@ -154,6 +167,8 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     tree = copy.deepcopy(tree)
+    # model.family decides which keys the model section has: apply it before the other overrides
+    overrides = sorted(overrides, key=lambda item: not item.strip().startswith("model.family="))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.lr=3e-4).")
@@ -171,7 +186,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         node = tree.setdefault(section, {})
         for p in parts[1:-1]:
             node = node.setdefault(p, {})
-        valid = {f.name for f in fields(SECTIONS[section])}
+        valid = {f.name for f in fields(section_class(section, tree))}
         if parts[1] not in valid:
             raise ConfigError(f"unknown config key '{key}'; valid keys in '{section}': {', '.join(sorted(valid))}.")
         node[parts[-1]] = value
@@ -241,7 +256,7 @@ def build_config(tree: dict) -> ExperimentConfig:
     cfg = ExperimentConfig(
         name=tree.get("name", "experiment"),
         paper_row=tree.get("paper_row"),
-        model=_section(ModelConfig, tree.get("model"), "model"),
+        model=_section(section_class("model", tree), tree.get("model"), "model"),
         peft=None if peft_tree is None else _section(PeftConfig, peft_tree, "peft"),
         data=_section(DataConfig, tree.get("data"), "data"),
         train=_section(TrainConfig, tree.get("train"), "train"),
@@ -253,11 +268,17 @@ def build_config(tree: dict) -> ExperimentConfig:
 
         resolve_routing(cfg.peft.routing, tuple(cfg.peft.tasks))
         if "route_sides" not in (peft_tree or {}):
-            cfg.peft.route_sides = ["decoder"] if cfg.model.x_r_source == "encoder" else ["encoder", "decoder"]
+            cfg.peft.route_sides = cfg.model.route_sides()
     from vlrouting.data.tasks import get_task
+    from vlrouting.models.registry import get_family
 
+    family = get_family(cfg.model.family)
     for task in cfg.data.tasks:
-        get_task(task)
+        objective = get_task(task).objective
+        if objective not in family.objectives:
+            raise ConfigError(f"task '{task}' needs the {objective} objective, which model family "
+                              f"'{family.name}' does not serve ({', '.join(family.objectives)}); choose tasks of "
+                              f"that family or another model.family.")
     return cfg
 
 

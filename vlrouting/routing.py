@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from vlrouting.data.tasks.sets import TASK_SETS
 from vlrouting.errors import ConfigError
 
 RoutingFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,7 +39,8 @@ _REGISTRY: dict[str, RoutingFn] = {}
 #: Names of the registered routing functions, in registration order.
 ROUTING_FUNCTIONS: list[str] = []
 
-TASKS = ("vqa", "gqa", "nlvr", "caption")
+#: The tasks Table 8's mixes choose a routing for: VL-Adapter's four-task benchmark (the ``vl4`` task set).
+TASKS = TASK_SETS["vl4"].tasks
 
 #: Table 8: the routing function chosen per task (i.e. by the task prompt) for each mix.
 ROUTING_MIXES: dict[str, dict[str, str]] = {

@@ -28,8 +28,9 @@ import numpy as np
 
 from vlrouting.errors import ConfigError, DataError, MissingFeatureError
 
-DATASET_FOLDERS = {"coco": "COCO", "vg": "VG", "gqa": "GQA", "nlvr": "nlvr"}
-_EXTRACT_NAME = {v: k for k, v in DATASET_FOLDERS.items()}
+from vlrouting.data.layout import COLLECTIONS, FEATURE_FOLDERS
+
+_EXTRACT_NAME = {c.folder: c.extract_name for c in COLLECTIONS.values()}
 
 _STORES: "weakref.WeakSet[FeatureStore]" = weakref.WeakSet()
 
@@ -94,7 +95,7 @@ class FeatureStore:
     def _extract_hint(self) -> str:
         folder = self.path if self.path.is_dir() or not self.path.suffix else self.path.parent
         ds = _EXTRACT_NAME.get(folder.parent.name)
-        if folder.name == "clip_features" and ds:
+        if folder.name in FEATURE_FOLDERS.values() and ds:
             return f"extract them with `python -m feature_extraction extract --dataset {ds} --root {folder.parent.parent}`"
         return "extract them with `python -m feature_extraction extract --images DIR --output FILE.h5`"
 
@@ -237,9 +238,9 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, n_boxes={self.n_boxes})"
 
 
-def open_feature_store(datasets_root, dataset: str, n_boxes: int = 36) -> FeatureStore:
-    """The store of ``<datasets_root>/<dataset>/clip_features``; dataset ∈ {"COCO", "VG", "GQA", "nlvr"}."""
-    folder = DATASET_FOLDERS.get(str(dataset).lower())
-    if folder is None:
-        raise ConfigError(f"unknown feature dataset '{dataset}'; choose one of COCO, VG, GQA, nlvr.")
-    return FeatureStore(Path(datasets_root) / folder / "clip_features", n_boxes=n_boxes)
+def open_feature_store(datasets_root, dataset: str, n_boxes: int = 36, kind: str = "clip") -> FeatureStore:
+    """The store of ``<datasets_root>/<dataset>/<feature folder of kind>`` (:mod:`vlrouting.data.layout`);
+    dataset ∈ {"COCO", "VG", "GQA", "nlvr"}."""
+    from vlrouting.data.layout import feature_folder
+
+    return FeatureStore(feature_folder(datasets_root, dataset, kind), n_boxes=n_boxes)

@@ -71,6 +71,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlrouting.data.layout import ANNOTATIONS, COLLECTIONS, FEATURE_FOLDERS, FILES, image_folders
 from vlrouting.errors import ConfigError, DataError
 
 GENERATOR = "vlrouting.data.synthetic"
@@ -587,7 +588,7 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
         folder = "train2014" if ksplit == "train" else "val2014"
         img_id = f"COCO_{folder}_{cocoid:012d}"
         scene = _sample_scene(rng)
-        put(f"COCO/images/{folder}/{img_id}.jpg", _render(scene, rng))
+        put(f"{_images('COCO', folder)}/{img_id}.jpg", _render(scene, rng))
         coco_images.append((img_id, cocoid, ksplit, scene))
         sentences = []
         for cap in _captions(scene, rng):
@@ -596,7 +597,7 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
             sentid += 1
         karpathy.append({"filepath": folder, "sentids": [s["sentid"] for s in sentences], "filename": f"{img_id}.jpg",
                          "imgid": imgid, "split": ksplit, "sentences": sentences, "cocoid": cocoid})
-    put("COCO/dataset_coco.json", _dumps({"images": karpathy, "dataset": "coco"}))
+    put(ANNOTATIONS["coco_captions"]["train"][0].annotation, _dumps({"images": karpathy, "dataset": "coco"}))
 
     # ---- VQA over COCO images
     rng = sub_rng("vqa")
@@ -643,14 +644,14 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
             out.append({key: rec[key] for key in ("answer_type", "img_id", "label", "question_id", "question_type",
                                                   "sent", "is_topk_optimal", "answers")})
         vqa[split] = out
-        put(f"vqa/karpathy_{split}.json", _dumps(out))
+        put(ANNOTATIONS["vqa"][split][0].annotation, _dumps(out))
     for sub, anns in official.items():
-        put(f"vqa/v2_mscoco_{sub}_annotations.json", _dumps({
+        put(FILES[f"vqa_official_{sub[:-4]}"], _dumps({
             "info": {"description": "vlrouting synthetic VQA (VQAv2 annotation format)", "version": "2.0"},
             "license": {"name": "synthetic", "url": ""}, "data_subtype": sub, "data_type": "mscoco",
             "annotations": anns}))
-    put("vqa/trainval_ans2label.json", _dumps(vqa_ans2label))
-    put("vqa/trainval_label2ans.json", _dumps(vqa_label2ans))
+    put(FILES["vqa_ans2label"], _dumps(vqa_ans2label))
+    put(FILES["vqa_label2ans"], _dumps(vqa_label2ans))
 
     # ---- GQA over VG (train, valid) and GQA (testdev) images
     rng = sub_rng("gqa")
@@ -664,12 +665,13 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
     gqa = {"train": [], "valid": [], "testdev": []}
     gqa_kind = {}
     yes_no_toggle = {"train": 0, "valid": 0, "testdev": 0}
-    jobs = ([("train", i, "VG") for i in vg_ids[:n_gtr]] + [("valid", i, "VG") for i in vg_ids[n_gtr:]]
-            + [("testdev", i, "GQA") for i in td_ids])
+    jobs = ([("train", i, _images("VG", "train")) for i in vg_ids[:n_gtr]]
+            + [("valid", i, _images("VG", "train")) for i in vg_ids[n_gtr:]]
+            + [("testdev", i, _images("GQA", "testdev")) for i in td_ids])
     qi = 0
     for split, img_id, folder in jobs:
         scene = _sample_scene(rng, n_min=2, n_max=3, same_colour_p=0.35, referable=True)
-        put(f"{folder}/images/{img_id}.jpg", _render(scene, rng))
+        put(f"{folder}/{img_id}.jpg", _render(scene, rng))
         seen = set()
         k = 0
         first = rng.randrange(2)
@@ -691,12 +693,14 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
             k += 1
             gqa[split].append({"img_id": img_id, "label": {qa[1]: 1.0}, "question_id": qid, "sent": _cap(qa[0])})
             gqa_kind[qid] = kind
+    gqa_files = {"train": ANNOTATIONS["gqa"]["train"][0].annotation, "valid": ANNOTATIONS["gqa"]["train"][1].annotation,
+                 "testdev": ANNOTATIONS["gqa"]["test"][0].annotation}
     for split, recs in gqa.items():
-        put(f"GQA/{split}.json", _dumps(recs))
+        put(gqa_files[split], _dumps(recs))
     gqa_counts = Counter(next(iter(r["label"])) for s in ("train", "valid") for r in gqa[s])
     gqa_ans2label, gqa_label2ans = _answer_tables(gqa_counts, min_count=1)
-    put("GQA/trainval_ans2label.json", _dumps(gqa_ans2label))
-    put("GQA/trainval_label2ans.json", _dumps(gqa_label2ans))
+    put(FILES["gqa_ans2label"], _dumps(gqa_ans2label))
+    put(FILES["gqa_label2ans"], _dumps(gqa_label2ans))
 
     # ---- NLVR² pairs, sets and statements
     rng = sub_rng("nlvr")
@@ -717,8 +721,8 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
                 left = _sample_scene(rng, n_max=NLVR_MAX_OBJECTS)
                 right = _share_colour(left, _sample_scene(rng, n_max=NLVR_MAX_OBJECTS), rng)
                 base = f"{split}-{set_id}-{p}"
-                put(f"nlvr/images/{split}/{base}-img0.jpg", _render(left, rng))
-                put(f"nlvr/images/{split}/{base}-img1.jpg", _render(right, rng))
+                put(f"{_images('nlvr', split)}/{base}-img0.jpg", _render(left, rng))
+                put(f"{_images('nlvr', split)}/{base}-img1.jpg", _render(right, rng))
                 pairs.append((base, left, right))
             texts = set()
             for s in range(sz["nlvr_per_set"]):
@@ -748,7 +752,7 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
             r["uid"] = f"nlvr2_{NLVR_JSON[split]}_{i}"
             nlvr_kind[r["uid"]] = r.pop("_kind")
         nlvr[NLVR_JSON[split]] = records
-        put(f"nlvr/{NLVR_JSON[split]}.json", _dumps(records))
+        put(ANNOTATIONS["nlvr"][{"dev": "val"}.get(split, split)][0].annotation, _dumps(records))
 
     # ---- card
     card = _card(seed, sz, files, root, karpathy, vqa, vqa_kind, vqa_ans2label, gqa, gqa_kind, gqa_ans2label, nlvr,
@@ -764,10 +768,14 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
     return card
 
 
+def _images(collection: str, split: str) -> str:
+    """The image folder the generator writes a collection's split to (the layout's first candidate)."""
+    return COLLECTIONS[collection].splits[split][0]
+
+
 def _remove_stale(root: Path, written: set[Path], features_too: bool) -> int:
     removed = 0
-    for folder in ("COCO/images/train2014", "COCO/images/val2014", "VG/images", "GQA/images", "nlvr/images/train",
-                   "nlvr/images/dev", "nlvr/images/test"):
+    for folder in image_folders():
         d = root / folder
         if d.is_dir():
             for p in d.glob("*.jpg"):
@@ -775,11 +783,12 @@ def _remove_stale(root: Path, written: set[Path], features_too: bool) -> int:
                     p.unlink()
                     removed += 1
     if features_too:  # features of the old images would silently mismatch the new ones
-        for ds in ("COCO", "VG", "GQA", "nlvr"):
-            d = root / ds / "clip_features"
-            if d.is_dir():
-                shutil.rmtree(d)
-                removed += 1
+        for ds in COLLECTIONS:
+            for kind_folder in FEATURE_FOLDERS.values():
+                d = root / ds / kind_folder
+                if d.is_dir():
+                    shutil.rmtree(d)
+                    removed += 1
     return removed
 
 

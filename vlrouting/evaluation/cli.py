@@ -32,7 +32,6 @@ from typing import Any, Mapping
 from vlrouting.errors import ConfigError, DataError
 from vlrouting.evaluation._common import id_key, name_ids, read_json, write_json
 
-TASKS = ("vqa", "gqa", "nlvr", "caption")
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 
 
@@ -180,13 +179,13 @@ def _map_coco_ids(predictions: dict, refs: Mapping[str, list[str]], cocoids: Map
     return out
 
 
-def _only_predicted(task: str, references: Any, predictions: Mapping) -> Any:
-    """Restrict the references to the predicted ids (VL-Adapter scores only what it predicted)."""
+def _only_predicted(field: str | None, references: Any, predictions: Mapping) -> Any:
+    """Restrict the references to the predicted ids (VL-Adapter scores only what it predicted); ``field`` names
+    the id of each reference record, ``None`` for an ``{id: captions}`` mapping."""
     keys = {id_key(k) for k in predictions}
-    if task == "caption":
+    if field is None:
         kept: Any = {k: v for k, v in references.items() if id_key(k) in keys}
     else:
-        field = "uid" if task == "nlvr" else "question_id"
         kept = [r for r in references if isinstance(r, Mapping) and field in r and id_key(r[field]) in keys]
     if not kept:
         raise DataError(f"--only-predicted left no reference: none of the {len(keys)} predicted ids is in the "
@@ -202,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vlrouting eval",
         description="Score VQAv2 / GQA / NLVR2 / COCO-caption predictions with the benchmarks' own metrics.")
-    parser.add_argument("--task", required=True, choices=TASKS)
+    from vlrouting.data.tasks import list_tasks
+
+    parser.add_argument("--task", required=True, choices=list_tasks())
     parser.add_argument("--predictions", required=True, type=Path, help="prediction file (JSON; NLVR2 also CSV)")
     parser.add_argument("--references", required=True, type=Path, help="annotation / reference file")
     parser.add_argument("--split", default=None, choices=KARPATHY_SPLITS,
@@ -222,65 +223,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_task_options(args: argparse.Namespace) -> None:
-    if args.split is not None and args.task != "caption":
-        raise ConfigError(f"--split selects a Karpathy split of dataset_coco.json and only applies to --task caption; "
+def _check_task_options(args: argparse.Namespace, kind: str) -> None:
+    if args.split is not None and kind != "caption":
+        raise ConfigError(f"--split selects a Karpathy split of dataset_coco.json and only applies to caption tasks; "
                           f"pass the {args.task} split file itself as --references.")
-    if args.spice != "auto" and args.task != "caption":
-        raise ConfigError(f"--spice only applies to --task caption, not {args.task}.")
-    if args.normalize and args.task != "gqa":
+    if args.spice != "auto" and kind != "caption":
+        raise ConfigError(f"--spice only applies to caption tasks, not {args.task}.")
+    if args.normalize and kind != "gqa":
         raise ConfigError(f"--normalize only applies to --task gqa; VQA is always normalised officially.")
-    if args.submission is not None and args.task not in ("vqa", "nlvr"):
-        raise ConfigError(f"--submission writes a test-server file for vqa or nlvr only, not {args.task}.")
+    if args.submission is not None and kind not in ("vqa", "nlvr"):
+        raise ConfigError(f"--submission writes a test-server file for VQA or NLVR2 tasks only, not {args.task}.")
     if args.only_predicted and args.allow_missing:
         raise ConfigError("--only-predicted and --allow-missing contradict each other; choose one.")
 
 
+def _eval_vqa(args: argparse.Namespace) -> dict:
+    from vlrouting.evaluation.vqa import evaluate_vqa, write_vqa_submission
+
+    references = _load_vqa_references(args.references)
+    predictions = _records_to_mapping(read_json(args.predictions, "predictions"), ("question_id", "id"),
+                                      ("answer", "prediction"), args.predictions)
+    if args.only_predicted:
+        references = _only_predicted("question_id", references, predictions)
+    metrics = evaluate_vqa(predictions, references, allow_missing=args.allow_missing)
+    if args.submission is not None:
+        write_vqa_submission(predictions, args.submission)
+    return metrics
+
+
+def _eval_gqa(args: argparse.Namespace) -> dict:
+    from vlrouting.evaluation.gqa import evaluate_gqa
+
+    references = _load_list(args.references, "{img_id, sent, question_id, label} (GQA/testdev.json)")
+    predictions = _records_to_mapping(read_json(args.predictions, "predictions"),
+                                      ("question_id", "questionId", "id"), ("answer", "prediction"), args.predictions)
+    if args.only_predicted:
+        references = _only_predicted("question_id", references, predictions)
+    return evaluate_gqa(predictions, references, allow_missing=args.allow_missing, normalize=args.normalize)
+
+
+def _eval_nlvr(args: argparse.Namespace) -> dict:
+    from vlrouting.evaluation.nlvr import evaluate_nlvr, write_nlvr_submission
+
+    references = _load_list(args.references, "{uid, identifier, img0, img1, sent, label} (nlvr/test.json)")
+    predictions = _load_nlvr_predictions(args.predictions, references)
+    if args.only_predicted:
+        references = _only_predicted("uid", references, predictions)
+    metrics = evaluate_nlvr(predictions, references, allow_missing=args.allow_missing)
+    if args.submission is not None:
+        write_nlvr_submission(predictions, references, args.submission)
+    return metrics
+
+
+def _eval_caption(args: argparse.Namespace) -> dict:
+    from vlrouting.evaluation.caption import evaluate_caption
+
+    references, cocoids = _load_caption_references(args.references, args.split or "test",
+                                                     explicit_split=args.split is not None)
+    raw = read_json(args.predictions, "predictions")
+    predictions = _map_coco_ids(_records_to_mapping(raw, ("image_id", "id"), ("caption", "prediction"),
+                                                    args.predictions), references, cocoids)
+    if args.only_predicted:
+        references = _only_predicted(None, references, predictions)
+    return evaluate_caption(predictions, references, spice=args.spice, allow_missing=args.allow_missing)
+
+
+#: One scoring function per evaluator; a task names its evaluator (``Task.evaluator``), so a new task that is
+#: scored like an existing one (``vqa_cls`` like ``vqa``) needs no code here.
+EVALUATORS = {"vqa": _eval_vqa, "gqa": _eval_gqa, "nlvr": _eval_nlvr, "caption": _eval_caption}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Load the files named by ``args``, evaluate, write the optional outputs; return the metrics."""
-    _check_task_options(args)
-    task = args.task
-    if task == "vqa":
-        from vlrouting.evaluation.vqa import evaluate_vqa, write_vqa_submission
+    from vlrouting.data.tasks import get_task
 
-        references = _load_vqa_references(args.references)
-        predictions = _records_to_mapping(read_json(args.predictions, "predictions"), ("question_id",),
-                                          ("answer",), args.predictions)
-        if args.only_predicted:
-            references = _only_predicted(task, references, predictions)
-        metrics = evaluate_vqa(predictions, references, allow_missing=args.allow_missing)
-        if args.submission is not None:
-            write_vqa_submission(predictions, args.submission)
-    elif task == "gqa":
-        from vlrouting.evaluation.gqa import evaluate_gqa
-
-        references = _load_list(args.references, "{img_id, sent, question_id, label} (GQA/testdev.json)")
-        predictions = _records_to_mapping(read_json(args.predictions, "predictions"),
-                                          ("question_id", "questionId"), ("answer", "prediction"), args.predictions)
-        if args.only_predicted:
-            references = _only_predicted(task, references, predictions)
-        metrics = evaluate_gqa(predictions, references, allow_missing=args.allow_missing, normalize=args.normalize)
-    elif task == "nlvr":
-        from vlrouting.evaluation.nlvr import evaluate_nlvr, write_nlvr_submission
-
-        references = _load_list(args.references, "{uid, identifier, img0, img1, sent, label} (nlvr/test.json)")
-        predictions = _load_nlvr_predictions(args.predictions, references)
-        if args.only_predicted:
-            references = _only_predicted(task, references, predictions)
-        metrics = evaluate_nlvr(predictions, references, allow_missing=args.allow_missing)
-        if args.submission is not None:
-            write_nlvr_submission(predictions, references, args.submission)
-    else:
-        from vlrouting.evaluation.caption import evaluate_caption
-
-        references, cocoids = _load_caption_references(args.references, args.split or "test",
-                                                         explicit_split=args.split is not None)
-        raw = read_json(args.predictions, "predictions")
-        predictions = _map_coco_ids(_records_to_mapping(raw, ("image_id",), ("caption",), args.predictions),
-                                    references, cocoids)
-        if args.only_predicted:
-            references = _only_predicted(task, references, predictions)
-        metrics = evaluate_caption(predictions, references, spice=args.spice, allow_missing=args.allow_missing)
+    kind = get_task(args.task).evaluator
+    _check_task_options(args, kind)
+    metrics = EVALUATORS[kind](args)
     if args.out is not None:
         write_json(args.out, metrics)
     return metrics

@@ -1,11 +1,12 @@
-"""Export a fully fine-tuned VL-BART run as a backbone folder that later runs load with ``from_pretrained``.
+"""Export a fully fine-tuned run as a backbone folder that later runs load with ``from_pretrained``.
 
 ``python -m vlrouting.models.export --run snap/<exp>/<run> --out DIR``: rebuilds the run's model from its
-``config.yaml``, loads its saved weights (``adapter_model.safetensors``; for full fine-tuning that is every
-parameter), then writes ``DIR`` with the BART backbone and tokenizer (``save_pretrained``) plus
-``visual_embedding.safetensors``. Point ``model.backbone=DIR model.visual_init=DIR`` at it. The CPU demo uses
-this to give PEFT a "pretrained" tiny backbone (a short full fine-tuning warm-up on a disjoint split), the way a
-real run starts from ``facebook/bart-base``.
+``config.yaml`` (any model family), loads its saved weights (``adapter_model.safetensors``; for full fine-tuning
+that is every parameter), then lets the family write ``DIR`` (:meth:`FamilyModel.export_pretrained`; CLIP-BART:
+the BART backbone and tokenizer with ``save_pretrained`` plus ``visual_embedding.safetensors`` — point
+``model.backbone=DIR model.visual_init=DIR`` at it). The CPU demo uses this to give PEFT a "pretrained" tiny
+backbone (a short full fine-tuning warm-up on a disjoint split), the way a real run starts from
+``facebook/bart-base``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from vlrouting.errors import DataError, VLRoutingError
-
-VISUAL_NAME = "visual_embedding.safetensors"
 
 
 def export_backbone(run_dir: str | Path, out_dir: str | Path) -> Path:
     from vlrouting.config import load_config
-    from vlrouting.models.vlbart import build_vlbart, load_tokenizer
+    from vlrouting.models.registry import build_model, load_tokenizer
     from vlrouting.peft import load_peft
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -32,13 +29,10 @@ def export_backbone(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise DataError(f"{run_dir} has no config.yaml; give a finished run directory (snap/<experiment>/<run>).")
     cfg = load_config(str(cfg_path))
     tok = load_tokenizer(cfg.model)
-    model = build_vlbart(cfg.model, cfg.peft, pretrained=True, vocab_size=len(tok))
+    model = build_model(cfg.model, cfg.peft, pretrained=True, tokenizer=tok)
     load_peft(model, run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.bart.save_pretrained(str(out_dir))
-    tok.save_pretrained(str(out_dir))
-    tensors = {k: v.detach().contiguous() for k, v in model.visual_embedding.state_dict().items()}
-    save_file(tensors, str(out_dir / VISUAL_NAME))
+    model.export_pretrained(out_dir, tok)
     return out_dir
 
 

@@ -1,4 +1,5 @@
-"""VL-BART ("CLIP-BART"): Hugging Face ``BartForConditionalGeneration`` plus CLIP grid features.
+"""Model family ``clip_bart`` — VL-BART ("CLIP-BART"): Hugging Face ``BartForConditionalGeneration`` plus CLIP grid
+features, serving the ``seq2seq`` task objective (VQAv2, GQA, NLVR², COCO captions; paper §5, Tables 7, 8).
 
 Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF modules — no modeling file is copied:
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
@@ -29,16 +30,21 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
+from vlrouting.data.layout import DataSpec
 from vlrouting.errors import ConfigError, DataError
-from vlrouting.peft import PeftConfig, RoutingState, attach_peft, count_parameters, mark_trainable, masked_mean
+from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput
+from vlrouting.models.registry import register_family
+from vlrouting.peft import PeftConfig, RoutingState, attach_peft, mark_trainable, masked_mean
 
 XRSource = Literal["encoder", "visual"]
+VISUAL_NAME = "visual_embedding.safetensors"  # the visual embedding beside an exported backbone
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(FamilyConfig):
     """How to build VL-BART. ``backbone``/``tokenizer`` are hub names or local ``save_pretrained`` folders."""
 
+    family: str = "clip_bart"
     backbone: str = "facebook/bart-base"
     tokenizer: str | None = None
     arch: str = "bart-base"  # packaged architecture config, used to count parameters without weights
@@ -54,6 +60,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.x_r_source not in ("encoder", "visual"):
             raise ConfigError(f"model.x_r_source must be 'encoder' or 'visual', got '{self.x_r_source}'.")
+
+    def data_spec(self) -> DataSpec:
+        """CLIP grid tokens pooled to ``n_boxes`` per image, ``feat_dim`` channels (DESIGN §3)."""
+        return DataSpec(feature_kind="clip", n_boxes=self.n_boxes, feat_dim=self.feat_dim)
+
+    def route_sides(self) -> list[str]:
+        """DESIGN §4: x_R from the ``encoder`` feeds the decoder's modules only; ``visual`` x_R feeds both sides."""
+        return ["decoder"] if self.x_r_source == "encoder" else ["encoder", "decoder"]
+
+
+#: The name every other module uses for this family's config section.
+ClipBartConfig = ModelConfig
 
 
 class VisualEmbedding(nn.Module):
@@ -85,8 +103,8 @@ class VisualEmbedding(nn.Module):
                 + self.img_order_embedding(img_order_ids) + obj)
 
 
-class VLBart(nn.Module):
-    """CLIP-BART with optional PEFT modules that route. ``forward(batch)`` returns decoder logits."""
+class VLBart(FamilyModel):
+    """CLIP-BART with optional PEFT modules that route. ``forward(batch)`` returns the teacher-forced logits."""
 
     def __init__(self, bart, model_cfg: ModelConfig, peft_cfg: PeftConfig | None):
         super().__init__()
@@ -98,7 +116,7 @@ class VLBart(nn.Module):
                                                 bart.get_input_embeddings())
         self.routing_state = RoutingState()
         if peft_cfg is not None:
-            attach_peft(self.bart, peft_cfg, state=self.routing_state, model_type="bart")
+            attach_peft(self.bart, peft_cfg, state=self.routing_state, model_type="bart", owner_parent=self)
         mark_trainable(self, peft_cfg.method if peft_cfg else None, always=("visual_embedding",))
         self.bart.model.decoder.register_forward_pre_hook(self._decoder_x_r_hook, with_kwargs=True)
         if model_cfg.gradient_checkpointing:
@@ -133,13 +151,24 @@ class VLBart(nn.Module):
         return BaseModelOutput(last_hidden_state=hidden), mask
 
     # ------------------------------------------------------------------ heads
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Teacher-forced decoder logits (B, T, V) for ``batch["labels"]`` (-100 = padding)."""
+    def forward(self, batch: dict) -> ModelOutput:
+        """Teacher-forced decoder logits (B, T, V) for ``batch["labels"]`` (-100 = padding), which are the targets."""
         enc_out, mask = self.encode(batch)
         cfg = self.bart.config
         dec_in = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
         out = self.bart(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=dec_in, use_cache=False)
-        return out.logits
+        return ModelOutput(out.logits, batch["labels"], self.aux_losses())
+
+    @torch.no_grad()
+    def predict(self, task, batch: Mapping[str, Any], tokenizer) -> list[str]:
+        """The task's decoding (reference §4.3): NLVR² compares the ``true``/``false`` logits at the first decoder
+        step; the others generate with the task's explicit options and decode to stripped strings."""
+        if task.decode.strategy == "true_false":
+            true_id, false_id = task.answer_token_ids(tokenizer)
+            logits = self.first_step_logits(batch)
+            return ["true" if bool(t > f) else "false" for t, f in zip(logits[:, true_id], logits[:, false_id])]
+        ids = self.generate(batch, **task.generate_kwargs())
+        return [s.strip() for s in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate(self, batch: dict, **generation_kwargs) -> torch.Tensor:
@@ -152,6 +181,17 @@ class VLBart(nn.Module):
         kwargs.update(generation_kwargs)
         return self.bart.generate(encoder_outputs=enc_out, attention_mask=mask, **kwargs)
 
+    def export_pretrained(self, out_dir, tokenizer) -> None:
+        """BART + tokenizer with ``save_pretrained`` and ``visual_embedding.safetensors`` beside them (load with
+        ``model.backbone=DIR model.visual_init=DIR``)."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        self.bart.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+        tensors = {k: v.detach().contiguous() for k, v in self.visual_embedding.state_dict().items()}
+        save_file(tensors, str(out_dir / VISUAL_NAME))
+
     @torch.no_grad()
     def first_step_logits(self, batch: dict) -> torch.Tensor:
         """Logits after the decoder has read ``[</s>, <s>]`` (VL-Adapter's NLVR2 scoring, reference §4.3)."""
@@ -161,9 +201,6 @@ class VLBart(nn.Module):
         dec_in = torch.tensor([[cfg.decoder_start_token_id, cfg.bos_token_id]], device=mask.device).expand(b, 2)
         out = self.bart(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=dec_in, use_cache=False)
         return out.logits[:, 1]
-
-    def parameter_report(self) -> dict:
-        return count_parameters(self)
 
 
 # ---------------------------------------------------------------------- building
@@ -216,8 +253,10 @@ def _resize_vocab(bart, new_size: int) -> None:
         bart.get_input_embeddings().weight[old:].normal_(0.0, bart.config.init_std)
 
 
+@register_family("clip_bart", config=ModelConfig, load_tokenizer=load_tokenizer, objectives=("seq2seq",),
+                 description="CLIP RN101 grid features + BART (VL-Adapter's CLIP-BART; paper §5, Tables 7, 8)")
 def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrained: bool = True,
-                 vocab_size: int | None = None, device: str | torch.device | None = None) -> VLBart:
+                 tokenizer=None, vocab_size: int | None = None, device: str | torch.device | None = None) -> VLBart:
     """Build VL-BART.
 
     ``pretrained=True`` loads the backbone with ``from_pretrained`` (hub name or local folder) and resizes its
@@ -227,6 +266,8 @@ def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrai
     """
     from transformers import BartForConditionalGeneration
 
+    if vocab_size is None and tokenizer is not None:
+        vocab_size = len(tokenizer)
     overrides = {}
     if model_cfg.dropout is not None:
         overrides = dict(dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout,
@@ -255,7 +296,7 @@ def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrai
 def _load_visual_embedding(model: VLBart, folder: str) -> None:
     from safetensors.torch import load_file
 
-    path = Path(folder) / "visual_embedding.safetensors"
+    path = Path(folder) / VISUAL_NAME
     if not path.is_file():
         raise DataError(f"model.visual_init: {path} does not exist; export one with python -m vlrouting.models.export.")
     state = load_file(str(path))

@@ -19,8 +19,13 @@ from vlrouting.routing import resolve_routing
 
 
 def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = None,
-                model_type: str | None = None) -> RoutingState:
-    """Wrap the target modules of ``model`` in place; returns the shared :class:`RoutingState`."""
+                model_type: str | None = None, owner_parent: nn.Module | None = None) -> RoutingState:
+    """Wrap the target modules of ``model`` in place; returns the shared :class:`RoutingState`.
+
+    A method with model-level parameters gets one owner, registered as ``peft_owner`` on ``owner_parent`` (the
+    family's model; ``model`` itself when not given) and passed to every wrapper. Routing that is configured but
+    reaches no wrapped module (every target on a side outside ``cfg.route_sides``) is an error, not a silent no-op.
+    """
     method = get_peft_method(cfg.method)
     state = state if state is not None else RoutingState()
     model_type = model_type or getattr(getattr(model, "config", None), "model_type", None)
@@ -30,9 +35,19 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
     found = [(n, m, s) for n, m, s in found if s is not None]
     if not found:
         raise ConfigError(f"no module of this {model_type} model matches the '{cfg.method}' targets.")
+    routed = [t for t, r in routing_map.items() if r != "none"]
+    if routed and not any(side in cfg.route_sides for _, _, side in found):
+        sides = sorted({side for _, _, side in found})
+        raise ConfigError(f"peft.routing routes task(s) {', '.join(routed)}, but the {cfg.method} modules of this "
+                          f"{model_type} model sit on the {', '.join(sides)} side(s) and peft.route_sides is "
+                          f"{list(cfg.route_sides)}; set peft.route_sides to include {sides[0]} (or use routing none).")
+    owner = None
+    if method.owner is not None:
+        owner = method.owner(cfg, found)
+        (owner_parent if owner_parent is not None else model).peft_owner = owner
     for name, module, side in found:
         wrapper = method.wrapper(module, cfg, side=side, routing_map=routing_map,
-                                 route_enabled=side in cfg.route_sides, state=state)
+                                 route_enabled=side in cfg.route_sides, state=state, owner=owner)
         model.set_submodule(name, wrapper)
     return state
 
@@ -68,6 +83,10 @@ def mark_trainable(model: nn.Module, method: str | None, always: tuple[str, ...]
         p.requires_grad_(False)
     for _, p in peft_parameters(model):
         p.requires_grad_(True)
+    for module in model.modules():  # model-level parameters of the method (see vlrouting.peft.registry)
+        owner = getattr(module, "peft_owner", None)
+        if isinstance(owner, nn.Module):
+            owner.requires_grad_(True)
     owners = dict(model.named_modules())
     for name, p in model.named_parameters():
         owner = owners[name.rsplit(".", 1)[0]] if "." in name else model

@@ -27,7 +27,7 @@ class RoutedWrapper(nn.Module):
     """Base class: task selection, x_R lookup and routing choice for one wrapped module."""
 
     def __init__(self, base_layer: nn.Module, block_factory, *, tasks, shared: bool, side: str,
-                 routing_map: dict[str, str], route_enabled: bool, state: RoutingState):
+                 routing_map: dict[str, str], route_enabled: bool, state: RoutingState, owner: nn.Module | None = None):
         super().__init__()
         self.base_layer = base_layer
         self.side = side
@@ -36,6 +36,7 @@ class RoutedWrapper(nn.Module):
         self.routing_map = dict(routing_map)
         self.route_enabled = route_enabled
         object.__setattr__(self, "state", state)  # a plain reference: not a submodule, not saved
+        object.__setattr__(self, "owner", owner)  # the method's model-level parameters (registered on the model)
         if shared:
             self.peft_block = block_factory()
         else:

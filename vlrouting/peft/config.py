@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from vlrouting.data.tasks.sets import default_tasks
 from vlrouting.errors import ConfigError
 
 Side = Literal["encoder", "decoder"]
@@ -26,7 +27,7 @@ class PeftConfig:
     """
 
     method: str = "adapter"
-    tasks: list[str] = field(default_factory=lambda: ["vqa", "gqa", "nlvr", "caption"])
+    tasks: list[str] = field(default_factory=default_tasks)
     shared: bool = True
     routing: str | dict[str, str] = "none"
     route_sides: list[str] = field(default_factory=lambda: ["decoder"])
@@ -40,7 +41,7 @@ class PeftConfig:
 
     def __post_init__(self) -> None:
         if not self.tasks:
-            raise ConfigError("peft.tasks is empty; list at least one task, e.g. [vqa, gqa, nlvr, caption].")
+            raise ConfigError(f"peft.tasks is empty; list at least one task, e.g. {default_tasks()}.")
         bad = [s for s in self.route_sides if s not in ("encoder", "decoder")]
         if bad:
             raise ConfigError(f"peft.route_sides has unknown side(s) {bad}; use 'encoder' and/or 'decoder'.")

@@ -3,6 +3,13 @@
 A method is a wrapper class plus the VL-Adapter rule for which *backbone* parameters it also trains
 (reference §3.9): adapters train every LayerNorm, LoRA trains every bias. Register with
 ``@register_peft_method("name", also_trainable=rule)`` in the method's own file.
+
+A method may also own **model-level parameters** shared across layers (PETAL's mode factors, Compacter's shared
+matrices, a Hyperformer hypernetwork): pass ``owner=OwnerClass``. :func:`vlrouting.peft.attach_peft` builds one
+owner per model, ``OwnerClass(cfg, targets)`` with ``targets`` the ``(name, module, side)`` list of every module
+about to be wrapped, registers it as the model's ``peft_owner`` submodule (saved and trained with the PEFT blocks)
+and hands it to every wrapper as ``owner=``. An owner may define ``aux_losses() -> {name: scalar tensor}``: the
+model returns them in its output and the trainer adds and logs each one (e.g. an information-bottleneck loss).
 """
 
 from __future__ import annotations
@@ -22,14 +29,17 @@ class PeftMethod:
     name: str
     wrapper: type
     also_trainable: TrainableRule
+    owner: type | None = None
 
 
 PEFT_METHODS: dict[str, PeftMethod] = {}
 
 
-def register_peft_method(name: str, also_trainable: TrainableRule):
+def register_peft_method(name: str, also_trainable: TrainableRule, owner: type | None = None):
     def deco(cls):
-        PEFT_METHODS[name] = PeftMethod(name, cls, also_trainable)
+        if name in PEFT_METHODS:
+            raise ValueError(f"PEFT method '{name}' is already registered")
+        PEFT_METHODS[name] = PeftMethod(name, cls, also_trainable, owner)
         return cls
 
     return deco

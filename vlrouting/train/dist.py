@@ -54,6 +54,14 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum of ``value`` over every rank (``value`` itself with one process)."""
+    if info.distributed:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True when ``flag`` holds on any rank (so every rank stops together)."""
     if not info.distributed:

@@ -55,6 +55,7 @@ def splits_used(cfg: ExperimentConfig) -> list[str]:
 def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
     """Raise a one-sentence VLRoutingError if an annotation file, a feature file or an image id is missing."""
     root = check_root(cfg.data.root)
+    spec = cfg.model.data_spec()  # the one source of the data shapes the model needs
     stores: dict = {}
     for name, task in tasks.items():
         for split in splits_used(cfg):
@@ -63,9 +64,9 @@ def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
             if limit is not None:
                 records = records[:limit]
             needed = [n for n in task.feature_datasets(split) if n not in stores]
-            stores.update(open_stores(root, needed, None, cfg.model.n_boxes))
+            stores.update(open_stores(root, needed, None, spec))
             for n in needed:
-                _check_feature_dim(cfg, stores[n])
+                _check_feature_dim(spec, stores[n])
             known = {n: stores[n].ids() for n in task.feature_datasets(split)}
             for rec in records:
                 for ds, img_id in task.image_keys(rec):
@@ -77,11 +78,11 @@ def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
                         )
 
 
-def _check_feature_dim(cfg: ExperimentConfig, store) -> None:
+def _check_feature_dim(spec, store) -> None:
     ids = store.ids()
     if not ids:
         return
     dim = store[next(iter(sorted(ids)))].shape[-1]
-    if dim != cfg.model.feat_dim:
-        raise ConfigError(f"features in {store.path} have {dim} channels but model.feat_dim is {cfg.model.feat_dim}; "
-                          f"set model.feat_dim={dim} (or extract features with the intended CLIP model).")
+    if dim != spec.feat_dim:
+        raise ConfigError(f"features in {store.path} have {dim} channels but model.feat_dim is {spec.feat_dim}; "
+                          f"set model.feat_dim={dim} (or extract features with the intended model).")

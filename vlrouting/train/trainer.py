@@ -5,7 +5,12 @@
 AdamW (eps 1e-6, weight decay 0.01 on everything but biases — VL-Adapter's grouping, §3.10), linear warm-up over
 10 % of the steps then linear decay, gradient clipping 5, one task per batch from the multitask loader, DDP with
 ``find_unused_parameters`` (per-task modules leave the other tasks' parameters unused), evaluation every epoch on
-the validation splits and the test splits after the last epoch. Task differences live in the task objects.
+the validation splits and the test splits after the last epoch.
+
+The loop names no model family, task or PEFT method: the model comes from the family registry and returns its
+logits and targets aligned plus any auxiliary losses (:class:`vlrouting.models.ModelOutput`); the task turns them
+into its loss as a local mean over a number of units (:class:`vlrouting.data.tasks.LossTerm`), whose count is
+summed over processes so that N processes optimise exactly the loss of one process with the same global batch.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from vlrouting.errors import VLRoutingError
 from vlrouting.peft import save_peft
 from vlrouting.fileio import atomic_write_bytes
 from vlrouting.train.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
-from vlrouting.train.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
+from vlrouting.train.dist import (
+    DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, cleanup, init_distributed,
+)
 from vlrouting.train.predict import evaluate_split
 
 
@@ -113,7 +120,7 @@ def peak_memory_mb(device: torch.device) -> float:
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, info: DistInfo, resume: bool = False):
         from vlrouting.data.multitask import MultitaskLoader
-        from vlrouting.models.vlbart import build_vlbart, load_tokenizer
+        from vlrouting.models.registry import build_model, load_tokenizer
         from vlrouting.train.tasks_setup import build_tasks, preflight
 
         self.cfg, self.info = cfg, info
@@ -122,12 +129,14 @@ class Trainer:
         preflight(cfg, self.tasks)  # every path and image id checked before anything is written
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.model = build_vlbart(cfg.model, cfg.peft, pretrained=True, vocab_size=len(self.tokenizer))
+        self.model = build_model(cfg.model, cfg.peft, pretrained=True, tokenizer=self.tokenizer)
         self.model.to(info.device)
         self.params = self.model.parameter_report()
+        self.data_spec = cfg.model.data_spec()
         root = cfg.data.root
         self.train_sets = {
-            name: task.build_dataset(root, "train", self.tokenizer, limit=cfg.data.limit_train, seed=cfg.train.seed)
+            name: task.build_dataset(root, "train", self.tokenizer, limit=cfg.data.limit_train, seed=cfg.train.seed,
+                                     spec=self.data_spec)
             for name, task in self.tasks.items()
         }
         self.loader = MultitaskLoader(self.train_sets, self.tasks, cfg.train.batch_size, world_size=info.world_size,
@@ -198,12 +207,20 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float16
         return torch.autocast(self.info.device.type, dtype=dtype)
 
-    def train_step(self, batch: dict) -> float:
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step; returns the logged losses (``loss`` = task loss, then each auxiliary loss)."""
         task = self.tasks[batch["task"]]
         batch = to_device(batch, self.info.device)
         with self.autocast():
-            logits = self.ddp(batch)
-            loss = task.loss(logits.float(), batch["labels"], batch["loss_weights"])
+            output = self.ddp(batch)
+            term = task.loss_term(output, batch)
+        # the task loss over the global batch: each rank's mean weighted by its share of the summed units (exactly
+        # 1.0 with one process), times the world size because DDP averages the ranks' gradients
+        total = all_reduce_sum(term.weight.detach().float(), self.info).clamp_min(1.0)
+        scale = term.weight * self.info.world_size / total
+        task_loss = term.value * scale
+        aux = {name: value.float() for name, value in output.aux_losses.items()}
+        loss = task_loss + sum(aux.values()) if aux else task_loss
         bad = not bool(torch.isfinite(loss).item())
         if any_rank(bad, self.info):
             raise TrainingDiverged(
@@ -224,7 +241,9 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(all_reduce_mean(loss.detach(), self.info).item())
+        logged = {"loss": float(all_reduce_mean(task_loss.detach(), self.info).item())}
+        logged.update({name: float(all_reduce_mean(v.detach(), self.info).item()) for name, v in aux.items()})
+        return logged
 
     def run(self) -> dict:
         cfg, info = self.cfg, self.info
@@ -247,17 +266,19 @@ class Trainer:
                 bar = tqdm(total=self.steps_per_epoch, initial=self.loader.position, desc=f"epoch {self.epoch}",
                            leave=False, disable=not sys.stderr.isatty())
             for batch in self.loader:
-                loss = self.train_step(batch)
+                losses = self.train_step(batch)
+                loss = losses["loss"]
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(task=batch["task"], loss=f"{loss:.4f}")
                 if info.is_main:
                     append_jsonl(self.run_dir / "train_log.jsonl", {"step": self.step, "epoch": self.epoch,
-                                                                     "task": batch["task"], "loss": loss,
+                                                                     "task": batch["task"], **losses,
                                                                      "lr": self.scheduler.get_last_lr()[0]})
                     if self.tb is not None:
-                        self.tb.add_scalar(f"loss/{batch['task']}", loss, self.step)
+                        for name, value in losses.items():
+                            self.tb.add_scalar(f"{name}/{batch['task']}", value, self.step)
                 if cfg.train.log_every and self.step % cfg.train.log_every == 0:
                     log(info, self.run_dir, f"step {self.step} epoch {self.epoch} task {batch['task']} loss {loss:.4f}")
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
@@ -299,14 +320,16 @@ class Trainer:
     def finish(self, test: dict) -> dict:
         results = {}
         if self.info.is_main:
-            summary = {name: self.tasks[name].headline(m) for name, m in test.items()}
-            if all(t in summary for t in ("vqa", "gqa", "nlvr", "caption")):
-                from vlrouting.evaluation.multitask import multitask_average
+            from vlrouting.data.tasks import table_values, task_set_of
 
-                summary["avg"] = multitask_average(summary)
+            summary = {name: self.tasks[name].headline(m) for name, m in test.items()}
+            task_set = task_set_of(self.tasks)
+            if task_set is not None and task_set.average_key in (values := table_values(test)):
+                summary[task_set.average_key] = values[task_set.average_key]
             results = {
                 "experiment": self.cfg.output.experiment or self.cfg.name, "run": self.run_dir.name,
                 "config_name": self.cfg.name, "paper_row": self.cfg.paper_row, "seed": self.cfg.train.seed,
+                "family": self.cfg.model.family, "tasks": list(self.tasks),
                 "status": "completed", "summary": summary, "test": test,
                 "params": self.params, "steps": self.step, "epochs": self.epoch,
                 "world_size": self.info.world_size, "git_commit": git_commit(), "versions": versions(),

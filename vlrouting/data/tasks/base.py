@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from vlrouting.data.layout import ANNOTATIONS, AnnotationSource, DataSpec
 from vlrouting.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -48,12 +49,38 @@ DATA_HINT = (
 FeatureSource = Union[None, Mapping[str, Any], Callable[[str], Any]]
 
 
-@dataclass(frozen=True)
-class Source:
-    """One annotation file of a split and the feature dataset (``<root>/<features>/clip_features/``) it reads."""
+#: One annotation file of a split and the image collection (feature store) it reads; defined by the dataset layout.
+Source = AnnotationSource
 
-    annotation: str
-    features: str
+
+@dataclass(frozen=True)
+class Column:
+    """One column a task contributes to result tables: ``key`` (unique across tasks; the task's headline column is
+    keyed by the task name), the printed ``title`` and the ``path`` of the number in the task's metric dict."""
+
+    key: str
+    title: str
+    path: tuple[str, ...]
+
+    def value(self, metrics: Mapping) -> float | None:
+        node: Any = metrics
+        for part in self.path:
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A task loss as the local mean ``value`` over ``weight`` units (examples or target tokens) of this process.
+
+    The trainer all-reduces the weights so that N processes optimise exactly the mean over the global batch:
+    ``Σ_r value_r · weight_r / Σ_r weight_r`` (a per-rank mean averaged by DDP equals it only for equal weights).
+    """
+
+    value: torch.Tensor
+    weight: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -183,10 +210,13 @@ class Task:
     """One VL-Adapter task. Subclasses fill the fields and override the record hooks.
 
     Fields: ``name``; ``prompt`` (prepended to the encoder text; ``""`` when prompts are off); ``batch_ratio``
-    (per-task batch = ``int(base * ratio)``, at least 1; reference §5.2); ``splits`` (split → annotation sources);
-    ``max_input_length`` / ``max_target_length`` (tokens including ``<s>``/``</s>``; None = no task limit, only the
-    model's ``max_text_positions`` guard); ``decode``; ``headline_metric``; ``vladapter_prompt`` (the prompt of
-    VL-Adapter's scripts where it differs: GQA's typo ``gpa: ``).
+    (per-task batch = ``int(base * ratio)``, at least 1; reference §5.2); ``splits`` (split → annotation sources,
+    from :data:`vlrouting.data.layout.ANNOTATIONS`); ``max_input_length`` / ``max_target_length`` (tokens including
+    ``<s>``/``</s>``; None = no task limit, only the model's ``max_text_positions`` guard); ``decode``;
+    ``headline_metric``; ``vladapter_prompt`` (the prompt of VL-Adapter's scripts where it differs: GQA's typo
+    ``gpa: ``); ``title`` (the headline column's printed name); ``objective`` — what the model must produce for it:
+    ``seq2seq`` (a target string decoded by an encoder-decoder), ``classify`` (scores over an answer vocabulary) or
+    ``prefix_lm`` (a caption continued after a visual prefix). A model family serves a set of objectives.
     """
 
     name: str
@@ -199,6 +229,19 @@ class Task:
     headline_metric: str
     vladapter_prompt: str | None = None
     required_fields: tuple[str, ...] = field(default=())
+    title: str = ""
+    objective: str = "seq2seq"
+    evaluator: str = ""  # the scoring function of ``vlrouting eval`` (evaluation.cli.EVALUATORS); "" = the name
+
+    # ----------------------------------------------------------------------------------------- reporting
+
+    def __post_init__(self) -> None:
+        if not self.evaluator:
+            object.__setattr__(self, "evaluator", self.name)
+
+    def columns(self) -> tuple[Column, ...]:
+        """The columns this task reports in result tables; the first is its headline number."""
+        return (Column(self.name, self.title or self.name, (self.headline_metric,)),)
 
     # ----------------------------------------------------------------------------------------- configuration
 
@@ -270,25 +313,27 @@ class Task:
         limit: int | None = None,
         *,
         seed: int = 0,
-        n_boxes: int = 36,
-        max_text_positions: int = DEFAULT_MAX_TEXT_POSITIONS,
+        spec: DataSpec | None = None,
     ) -> "TaskDataset":
         """The torch Dataset of one split (``train`` / ``val`` / ``test``).
 
         ``features``: None opens :func:`vlrouting.data.features.open_feature_store` for each feature dataset the
         split reads (lazy per-process HDF5 handles); a mapping or callable supplies stores instead (tests, custom
         readers). ``limit`` keeps the first ``limit`` examples (for captions' val/test: images). ``seed`` seeds the
-        per-access target sampling together with the epoch and the index.
+        per-access target sampling together with the epoch and the index. ``spec``: the model family's data shapes
+        (feature kind, tokens per image, text positions; :meth:`vlrouting.models.FamilyConfig.data_spec`); the
+        default is CLIP-BART's.
         """
+        spec = spec or DataSpec()
         self.sources(split)  # unknown split -> ConfigError before touching the disk
         limit = check_limit(limit)
         root = check_root(datasets_root)
         records = self.load_records(root, split)
         if limit is not None:
             records = records[:limit]
-        stores = open_stores(root, self.feature_datasets(split), features, n_boxes)
-        return TaskDataset(self, split, records, tokenizer, stores, seed=seed, max_text_positions=max_text_positions,
-                           datasets_root=root)
+        stores = open_stores(root, self.feature_datasets(split), features, spec)
+        return TaskDataset(self, split, records, tokenizer, stores, seed=seed,
+                           max_text_positions=spec.max_text_positions, datasets_root=root)
 
     def collate(self, examples: Sequence[dict]) -> dict:
         """Stack examples into the batch contract (module docstring); right-pads text with the tokenizer's pad id."""
@@ -333,6 +378,15 @@ class Task:
         """Per-example token mean, then batch mean (VL-Adapter GQA and NLVR2 ``train_step``, reference §3.4)."""
         return example_mean_loss(logits, labels).mean()
 
+    def loss_weight(self, labels: torch.Tensor) -> torch.Tensor:
+        """The units :meth:`loss` averages over on this process (examples; tokens for a batch-level token mean)."""
+        return torch.tensor(float(labels.shape[0]), device=labels.device)
+
+    def loss_term(self, output, batch: Mapping) -> LossTerm:
+        """The training loss of one batch from the model's aligned ``output.logits`` / ``output.targets``."""
+        return LossTerm(self.loss(output.logits.float(), output.targets, batch.get("loss_weights")),
+                        self.loss_weight(output.targets))
+
     def evaluate(self, predictions: Mapping, dataset: "TaskDataset") -> dict:
         raise NotImplementedError
 
@@ -343,12 +397,14 @@ class Task:
         return float(metrics[self.headline_metric])
 
 
-def open_stores(root: Path, names: Sequence[str], features: FeatureSource, n_boxes: int) -> dict[str, Any]:
-    """Feature stores for the feature datasets ``names`` (see ``FeatureSource``)."""
+def open_stores(root: Path, names: Sequence[str], features: FeatureSource, spec: DataSpec | None = None
+                ) -> dict[str, Any]:
+    """Feature stores for the feature datasets ``names`` (see ``FeatureSource``) of the spec's feature kind."""
+    spec = spec or DataSpec()
     if features is None:
         from vlrouting.data.features import open_feature_store
 
-        return {n: open_feature_store(root, n, n_boxes=n_boxes) for n in names}
+        return {n: open_feature_store(root, n, n_boxes=spec.n_boxes, kind=spec.feature_kind) for n in names}
     if isinstance(features, Mapping):
         missing = [n for n in names if n not in features]
         if missing:
@@ -422,6 +478,6 @@ class TaskDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "SPLITS", "IGNORE_INDEX", "Source", "DecodeSpec", "Task", "TaskDataset", "FeatureSource",
+    "SPLITS", "IGNORE_INDEX", "Source", "Column", "LossTerm", "DecodeSpec", "Task", "TaskDataset", "FeatureSource",
     "sample_answer", "best_answer", "token_losses", "example_mean_loss", "read_json", "read_records",
 ]

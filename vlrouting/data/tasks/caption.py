@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from vlrouting.errors import DataError
-from vlrouting.data.tasks.base import DecodeSpec, Source, Task, TaskDataset, read_json, token_losses
+from vlrouting.data.layout import ANNOTATIONS
+from vlrouting.data.tasks.base import IGNORE_INDEX, DecodeSpec, Source, Task, TaskDataset, read_json, token_losses
 
 KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
 
@@ -34,13 +35,12 @@ class CaptionTask(Task):
     name: str = "caption"
     prompt: str = "caption: "
     batch_ratio: Fraction = Fraction(50, 60)
-    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: {
-        s: (Source("COCO/dataset_coco.json", "COCO"),) for s in KARPATHY_SPLITS
-    })
+    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: dict(ANNOTATIONS["coco_captions"]))
     max_input_length: int | None = 40
     max_target_length: int | None = 40
     decode: DecodeSpec = DecodeSpec("beam", num_beams=5, max_length=40, no_repeat_ngram_size=3, early_stopping=True)
     headline_metric: str = "CIDEr"
+    title: str = "COCO CIDEr"
 
     def load_records(self, root: Path, split: str) -> list[dict]:
         source = self.sources(split)[0]
@@ -84,6 +84,10 @@ class CaptionTask(Task):
         """Token mean over every valid target token of the batch (``VLBartCOCOCaption.train_step``, reference §3.4)."""
         loss, mask = token_losses(logits, labels)
         return loss.sum() / mask.sum().clamp(min=1.0)
+
+    def loss_weight(self, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's valid target tokens: with several processes the token mean must be over the global batch."""
+        return (labels != IGNORE_INDEX).sum().to(torch.float32)
 
     def evaluate(self, predictions: Mapping, dataset: TaskDataset) -> dict:
         from vlrouting.evaluation.caption import evaluate_caption

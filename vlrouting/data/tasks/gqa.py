@@ -17,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vlrouting.data.layout import ANNOTATIONS
 from vlrouting.data.tasks.base import DecodeSpec, Source, Task, TaskDataset, best_answer, sample_answer
 
 
@@ -25,17 +26,14 @@ class GQATask(Task):
     name: str = "gqa"
     prompt: str = "gqa: "
     batch_ratio: Fraction = Fraction(100, 60)
-    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: {
-        "train": (Source("GQA/train.json", "VG"), Source("GQA/valid.json", "VG")),
-        "val": (Source("GQA/testdev.json", "GQA"),),
-        "test": (Source("GQA/testdev.json", "GQA"),),
-    })
+    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: dict(ANNOTATIONS["gqa"]))
     max_input_length: int | None = 20
     max_target_length: int | None = None
     decode: DecodeSpec = DecodeSpec("greedy", num_beams=1, max_length=20)
     headline_metric: str = "accuracy"
     vladapter_prompt: str | None = "gpa: "
     required_fields: tuple[str, ...] = ("img_id", "question_id")
+    title: str = "GQA"
 
     def target(self, record: dict, train: bool, rng: np.random.Generator | None) -> tuple[str, float]:
         """Training: sampled ∝ score; eval: the top answer (testdev labels hold one answer). Weight is always 1."""

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vlrouting.data.layout import ANNOTATIONS
 from vlrouting.data.tasks.base import DecodeSpec, Source, Task, TaskDataset
 
 
@@ -26,17 +27,14 @@ class NLVRTask(Task):
     name: str = "nlvr"
     prompt: str = "nlvr: "
     batch_ratio: Fraction = Fraction(20, 60)
-    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: {
-        "train": (Source("nlvr/train.json", "nlvr"),),
-        "val": (Source("nlvr/valid.json", "nlvr"),),
-        "test": (Source("nlvr/test.json", "nlvr"),),
-    })
+    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: dict(ANNOTATIONS["nlvr"]))
     max_input_length: int | None = None
     max_target_length: int | None = 3
     decode: DecodeSpec = DecodeSpec("true_false", num_beams=1, max_length=2)
     headline_metric: str = "accuracy"
     required_fields: tuple[str, ...] = ("uid", "img0", "img1", "label")
     answer_words: tuple[str, str] = ("true", "false")
+    title: str = "NLVR²"
 
     def example_id(self, record: dict):
         return record["uid"]

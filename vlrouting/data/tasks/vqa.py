@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from vlrouting.errors import DataError
+from vlrouting.data.layout import ANNOTATIONS, FILES
 from vlrouting.data.tasks.base import (
     DecodeSpec, Source, Task, TaskDataset, best_answer, example_mean_loss, read_json, sample_answer,
 )
 
-OFFICIAL_ANNOTATIONS = ("vqa/v2_mscoco_train2014_annotations.json", "vqa/v2_mscoco_val2014_annotations.json")
+OFFICIAL_ANNOTATIONS = (FILES["vqa_official_train"], FILES["vqa_official_val"])
 
 
 def _answer_strings(answers) -> list[str]:
@@ -36,17 +37,14 @@ class VQATask(Task):
     name: str = "vqa"
     prompt: str = "vqa: "
     batch_ratio: Fraction = Fraction(1)
-    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: {
-        "train": (Source("vqa/karpathy_train.json", "COCO"),),
-        "val": (Source("vqa/karpathy_val.json", "COCO"),),
-        "test": (Source("vqa/karpathy_test.json", "COCO"),),
-    })
+    splits: Mapping[str, tuple[Source, ...]] = field(default_factory=lambda: dict(ANNOTATIONS["vqa"]))
     max_input_length: int | None = 20
     max_target_length: int | None = 10
     # Greedy; 20 = the max_length VL-Adapter's generate() fell back to (HF default; reference §4.3).
     decode: DecodeSpec = DecodeSpec("greedy", num_beams=1, max_length=20)
     headline_metric: str = "overall"
     required_fields: tuple[str, ...] = ("img_id", "question_id")
+    title: str = "VQA"
 
     def target(self, record: dict, train: bool, rng: np.random.Generator | None) -> tuple[str, float]:
         """Training: sampled ∝ soft score, weight = its score. Eval: the top-scoring answer, for logging only."""
