@@ -91,24 +91,33 @@ def test_every_paper_config_loads_with_table_a1_rates():
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(synthetic_bench, tmp_path):
-    """gloo, 2 × batch b against 1 × batch 2b. GQA and NLVR² reduce per example, so with equal per-rank batches
-    the mean of the rank losses is the global mean and DDP's averaged gradient is the full-batch gradient: the
-    losses agree up to float summation order (tolerance 1e-4 relative)."""
-    shared = dict(**{"data.tasks": "[gqa,nlvr]", "data.limit_train": 40, "train.epochs": 1, "train.lr": 3e-3,
-                     "train.max_steps": 6})
-    one = run_train(["--config", "multitask_adapter_single_mul",
+    """gloo, 2 × batch b against 1 × batch 2b, all four tasks. Every task's loss is a local mean over units
+    (examples; COCO: target tokens) whose count the trainer sums over the ranks, so the two processes optimise the
+    mean over the global batch even when their halves hold different numbers of caption tokens (a per-rank token
+    mean averaged by DDP does not). Losses and weights agree up to float summation order.
+
+    Dropout is off here (and only here): its masks come from each process' own random stream, so 2 processes
+    cannot draw the masks 1 process draws for the same examples, whatever the reduction."""
+    shared = dict(**{"data.limit_train": 40, "train.epochs": 1, "train.lr": 3e-3, "train.max_steps": 8,
+                     "model.dropout": 0.0})
+    one = run_train(["--config", "multitask_lora_single_mul", "peft.lora_dropout=0.0",
                      *common(synthetic_bench, tmp_path / "one", **shared, **{"train.batch_size": 12})])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_train(["--config", "multitask_adapter_single_mul",
+    two = run_train(["--config", "multitask_lora_single_mul", "peft.lora_dropout=0.0",
                      *common(synthetic_bench, tmp_path / "two", **shared, **{"train.batch_size": 6})], nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    a = losses(tmp_path / "one" / "multitask_adapter_single_mul" / "seed9595")
-    b = losses(tmp_path / "two" / "multitask_adapter_single_mul" / "seed9595")
-    assert len(a) == len(b) == 6
+    run_a = tmp_path / "one" / "multitask_lora_single_mul" / "seed9595"
+    run_b = tmp_path / "two" / "multitask_lora_single_mul" / "seed9595"
+    a, b = losses(run_a), losses(run_b)
+    assert len(a) == len(b) == 8
     assert [t for t, _ in a] == [t for t, _ in b]
+    assert {"vqa", "gqa", "nlvr", "caption"} <= {t for t, _ in a}  # every task took a step
     for (_, la), (_, lb) in zip(a, b):
         assert lb == pytest.approx(la, rel=1e-4)
     assert a[-1][1] != a[0][1]  # the steps really updated something
+    wa = load_file(str(run_a / "adapter_model.safetensors"))
+    wb = load_file(str(run_b / "adapter_model.safetensors"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
 
 
 # ----------------------------------------------------------------------------------------------- resume
