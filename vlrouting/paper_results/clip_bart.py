@@ -32,59 +32,13 @@ Faithfulness notes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vlrouting.data.tasks.sets import TASK_SETS
-from vlrouting.errors import ConfigError
+from vlrouting.paper_results import THIS_PAPER, VL_ADAPTER, VL_PET, PaperRow
 
 #: The columns of Tables 7, 8 and C7: the ``vl4`` task set's tasks in the paper's order, then their mean ``avg``
 #: (column keys as :func:`vlrouting.data.tasks.report_columns` names them).
 TASKS: tuple[str, ...] = TASK_SETS["vl4"].tasks
 COLUMNS: tuple[str, ...] = TASKS + (TASK_SETS["vl4"].average_key,)
-
-THIS_PAPER = "this paper"
-VL_PET = "quoted from VL-PET [11]"
-VL_ADAPTER = "quoted from VL-Adapter [37]"
-
-
-@dataclass(frozen=True)
-class PaperRow:
-    """One printed row of Table 7, 8 or C7."""
-
-    key: str
-    table: str  # "Table 7", "Table 8", "Table C7"
-    block: str  # the table half / setting as printed: "Single LoRA", "Single Adapter", "Multiple Adapters"
-    label: str  # the paper's own row label (routing formula, combN or "None [†]")
-    routing: str  # registry name: none, mul, add, proj, expand, comb1..comb4
-    values: dict[str, float]  # vqa, gqa, nlvr, caption, avg (×100 as printed)
-    std: dict[str, float] | None = None  # same keys; only where the paper prints ± std
-    decimals: int = 2  # digits after the point as printed
-    n_seeds: int = 1
-    source: str = THIS_PAPER
-    baseline: bool = False  # True for rows quoted from another work
-    lr: float | None = None  # Table A1 (None where the paper gives none: quoted baselines)
-    routing_per_task: dict[str, str] | None = None  # Table 8's check-mark / combination columns
-    trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
-    note: str = ""
-
-    def format(self, column: str, with_std: bool = True) -> str:
-        """The cell as the paper prints it, e.g. ``65.76`` or ``65.76 ± 0.28``; ``""`` for a missing column."""
-        value = self.values.get(column)
-        if value is None:
-            return ""
-        text = f"{value:.{self.decimals}f}"
-        if with_std and self.std and column in self.std:
-            text += f" ± {self.std[column]:.{self.decimals}f}"
-        return text
-
-    def to_dict(self) -> dict:
-        return {
-            "key": self.key, "table": self.table, "block": self.block, "label": self.label,
-            "routing": self.routing, "values": dict(self.values), "std": dict(self.std) if self.std else None,
-            "decimals": self.decimals, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
-            "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
-            "trainable_percent": self.trainable_percent, "note": self.note,
-        }
 
 
 def _v(vqa: float, gqa: float, nlvr: float, caption: float, avg: float) -> dict[str, float]:
@@ -200,23 +154,5 @@ def _build() -> dict[str, PaperRow]:
     return {row.key: row for row in rows}
 
 
-#: Every row, keyed by ``paper_row``; insertion order is the paper's order (Table 7 LoRA, Adapter; 8; C7).
-PAPER_ROWS: dict[str, PaperRow] = _build()
-
-
-def paper_row_keys() -> list[str]:
-    """All known ``paper_row`` keys in the paper's order."""
-    return list(PAPER_ROWS)
-
-
-def get_paper_row(key: str) -> PaperRow:
-    """The row for ``key``; a :class:`ConfigError` naming the valid keys if there is none."""
-    try:
-        return PAPER_ROWS[key]
-    except KeyError:
-        raise ConfigError(f"unknown paper_row '{key}'; use one of: {', '.join(PAPER_ROWS)}.") from None
-
-
-def find_paper_row(key: str | None) -> PaperRow | None:
-    """The row for ``key``, or ``None`` for an empty or unknown key (for tools that only annotate)."""
-    return PAPER_ROWS.get(key) if key else None
+#: Every row of Tables 7, 8 and C7, keyed by ``paper_row``, in the paper's order (Table 7 LoRA, Adapter; 8; C7).
+ROWS: dict[str, PaperRow] = _build()
