@@ -30,16 +30,21 @@ class PeftMethod:
     wrapper: type
     also_trainable: TrainableRule
     owner: type | None = None
+    placement: str = ""  # the target-table entry it wraps (vlrouting.peft.targets): "adapter", "lora", ...
 
 
 PEFT_METHODS: dict[str, PeftMethod] = {}
 
 
-def register_peft_method(name: str, also_trainable: TrainableRule, owner: type | None = None):
+def register_peft_method(name: str, also_trainable: TrainableRule, owner: type | None = None,
+                         placement: str | None = None):
+    """Register a wrapper class; ``placement`` names the per-architecture target list it wraps (default: ``name``;
+    e.g. a Compacter wraps the adapter positions: ``placement="adapter"``)."""
+
     def deco(cls):
         if name in PEFT_METHODS:
             raise ValueError(f"PEFT method '{name}' is already registered")
-        PEFT_METHODS[name] = PeftMethod(name, cls, also_trainable, owner)
+        PEFT_METHODS[name] = PeftMethod(name, cls, also_trainable, owner, placement or name)
         return cls
 
     return deco
