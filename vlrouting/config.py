@@ -62,6 +62,10 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     deterministic: bool = False
+    allow_tf32: bool = True  # float32 matmuls may use TF32 tensor cores on NVIDIA GPUs (vlrouting.train.accel)
+    compile: bool = False  # torch.compile the training forward
+    compile_backend: str = "inductor"
+    compile_dynamic: bool | None = None  # None: let torch.compile decide; true: dynamic shapes from the start
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):

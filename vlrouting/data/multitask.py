@@ -178,33 +178,38 @@ class _ListBatchSampler(Sampler):
 
 
 class ShardSampler(Sampler):
-    """Indices ``rank, rank + world, …`` in order: disjoint shards covering the dataset once, no padding."""
+    """Positions ``rank, rank + world, …`` of ``order`` (default: dataset order): disjoint shards covering the dataset
+    once, no padding."""
 
-    def __init__(self, n: int, world_size: int = 1, rank: int = 0):
+    def __init__(self, n: int, world_size: int = 1, rank: int = 0, order: list[int] | None = None):
         self.n, self.world_size, self.rank = n, world_size, rank
+        self.order = list(range(n)) if order is None else list(order)
+        if sorted(self.order) != list(range(n)):
+            raise ValueError("order must be a permutation of the dataset's indices")
 
     def __iter__(self):
-        return iter(range(self.rank, self.n, self.world_size))
+        return iter(self.order[self.rank::self.world_size])
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
 
 
 def make_eval_loader(dataset: Dataset, task, batch_size: int, world_size: int = 1, rank: int = 0,
-                     num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                     num_workers: int = 0, pin_memory: bool = False, order: list[int] | None = None) -> DataLoader:
     """An evaluation DataLoader: dataset order, no shuffling, every example exactly once over all ranks.
 
     With ``world_size > 1`` rank r gets examples r, r + world, … (:class:`ShardSampler`; no padding, so no duplicate
     predictions, and shard lengths differ by at most one example): each rank predicts its shard and the trainer
     merges the prediction dicts (e.g. ``torch.distributed.all_gather_object``) before ``task.evaluate``. With the
     default ``world_size=1`` one process sees everything (VL-Adapter evaluated on rank 0 only). Do not run collective
-    operations per batch over these loaders: ranks may have different batch counts.
+    operations per batch over these loaders: ranks may have different batch counts. ``order``: visit the examples in
+    this order instead (e.g. sorted by input length, so that batched generation pads little).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is invalid; pass a positive evaluation batch size.")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank={rank} and world_size={world_size} are inconsistent; need 0 <= rank < world_size.")
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), world_size, rank),
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), world_size, rank, order),
                       collate_fn=task.collate, num_workers=num_workers, pin_memory=pin_memory)
 
 

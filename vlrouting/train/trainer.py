@@ -36,6 +36,7 @@ from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
 from vlrouting.peft import save_peft
 from vlrouting.fileio import atomic_write_bytes
+from vlrouting.train.accel import LoaderTimer, adamw, configure_backends, maybe_compile
 from vlrouting.train.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 from vlrouting.train.dist import (
     DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, cleanup, init_distributed,
@@ -69,13 +70,13 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig):
+def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device | None = None):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if "bias" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, betas=(0.9, 0.999))
+    return adamw(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, device=device or torch.device("cpu"))
 
 
 def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
@@ -143,10 +144,12 @@ class Trainer:
                                       rank=info.rank, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        self.optimizer = build_optimizer(self.model, cfg)
+        configure_backends(info.device, cfg.train.allow_tf32)
+        self.optimizer = build_optimizer(self.model, cfg, info.device)
         self.scheduler = linear_schedule(self.optimizer, self.total_steps, cfg.train.warmup_ratio)
         self.ddp = (DDP(self.model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
                         find_unused_parameters=True) if info.distributed else self.model)
+        self.forward = maybe_compile(self.ddp, cfg.train.compile, cfg.train.compile_backend, cfg.train.compile_dynamic)
         self.scaler = torch.amp.GradScaler("cuda") if (cfg.train.precision == "fp16" and info.device.type == "cuda") else None
         self.step, self.epoch = 0, 0
         self.start_time = time.time()
@@ -212,7 +215,7 @@ class Trainer:
         task = self.tasks[batch["task"]]
         batch = to_device(batch, self.info.device)
         with self.autocast():
-            output = self.ddp(batch)
+            output = self.forward(batch)
             term = task.loss_term(output, batch)
         # the task loss over the global batch: each rank's mean weighted by its share of the summed units (exactly
         # 1.0 with one process), times the world size because DDP averages the ranks' gradients
@@ -265,7 +268,8 @@ class Trainer:
 
                 bar = tqdm(total=self.steps_per_epoch, initial=self.loader.position, desc=f"epoch {self.epoch}",
                            leave=False, disable=not sys.stderr.isatty())
-            for batch in self.loader:
+            timer = LoaderTimer(self.loader)
+            for batch in timer:
                 losses = self.train_step(batch)
                 loss = losses["loss"]
                 self.step += 1
@@ -290,6 +294,10 @@ class Trainer:
                     break
             if bar is not None:
                 bar.close()
+            self.throughput = timer.summary()
+            log(info, self.run_dir, f"epoch {self.epoch}: {self.throughput['samples_per_s']} samples/s on rank 0, "
+                                    f"data wait {100 * (self.throughput['data_wait_fraction'] or 0):.1f} % of the "
+                                    "step time")
             if stop and self.loader.position < self.steps_per_epoch:
                 break
             self.epoch += 1
@@ -335,6 +343,7 @@ class Trainer:
                 "world_size": self.info.world_size, "git_commit": git_commit(), "versions": versions(),
                 "wall_time_s": round(self.elapsed_before + time.time() - self.start_time, 2),
                 "peak_memory_mb": round(peak_memory_mb(self.info.device), 1),
+                "throughput": getattr(self, "throughput", None),
             }
             save_peft(self.model, self.run_dir, {"model": self.cfg.to_dict()["model"],
                                                  "peft": self.cfg.to_dict()["peft"]})

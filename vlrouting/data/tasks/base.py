@@ -473,6 +473,14 @@ class TaskDataset(torch.utils.data.Dataset):
             "pad_token_id": self.pad_token_id,
         }
 
+    def length_order(self) -> list[int]:
+        """Indices sorted by encoder-text length (stable): evaluation batches then pad little."""
+        texts = [self.task.text(rec) for rec in self.records]
+        if not texts:
+            return []
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        return sorted(range(len(texts)), key=lambda i: lengths[i])
+
     def __repr__(self) -> str:
         return f"TaskDataset(task={self.task.name!r}, split={self.split!r}, n={len(self)})"
 
