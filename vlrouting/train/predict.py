@@ -30,7 +30,7 @@ def evaluate_split(trainer, task, split: str) -> dict:
     dataset = task.build_dataset(cfg.data.root, split, trainer.tokenizer, limit=cfg.data.limit_eval,
                                  seed=cfg.train.seed, n_boxes=cfg.model.n_boxes)
     batch_size = cfg.train.eval_batch_size or task.batch_size(cfg.train.batch_size)
-    loader = make_eval_loader(dataset, task, batch_size, num_workers=cfg.data.num_workers)
+    loader = make_eval_loader(dataset, task, batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     device = trainer.info.device
     predictions = {}
     for batch in loader:

@@ -31,7 +31,8 @@ from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
 from vlrouting.peft import save_peft
 from vlrouting.fileio import atomic_write_bytes
-from vlrouting.train.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from vlrouting.train.checkpoint import (gather_rng_states, load_training_state, rng_state, rng_state_for_rank,
+                                        save_training_state, set_rng_state)
 from vlrouting.train.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
 from vlrouting.train.predict import evaluate_split
 
@@ -178,15 +179,16 @@ class Trainer:
                 params[name].copy_(t)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(rng_state_for_rank(state, self.info.rank, self.info.world_size))
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.loader.load_state_dict(state["loader"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
         log(self.info, None, f"resumed from {self.run_dir / 'training_state.pt'} at epoch {self.epoch}, step {self.step}")
 
     def save_checkpoint(self) -> None:
+        rngs = gather_rng_states(self.info.world_size)
         if self.info.is_main:
-            save_training_state(self.run_dir, self._state())
+            save_training_state(self.run_dir, {**self._state(), "rng_ranks": rngs})
             save_peft(self.model, self.run_dir, {"model": self.cfg.to_dict()["model"],
                                                  "peft": self.cfg.to_dict()["peft"]})
         barrier(self.info)
