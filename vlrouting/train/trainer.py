@@ -31,10 +31,11 @@ from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
 from vlrouting.peft import save_peft
 from vlrouting.fileio import atomic_write_bytes
-from vlrouting.train.checkpoint import (gather_rng_states, load_training_state, rng_state, rng_state_for_rank,
-                                        save_training_state, set_rng_state)
+from vlrouting.train.checkpoint import (gather_rng_states, rng_state, rng_state_for_rank, save_training_state,
+                                        set_rng_state)
 from vlrouting.train.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
 from vlrouting.train.predict import evaluate_split
+from vlrouting.train.resume import open_run
 
 
 class TrainingDiverged(VLRoutingError):
@@ -121,6 +122,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.tasks = build_tasks(cfg)
         preflight(cfg, self.tasks)  # every path and image id checked before anything is written
+        saved = open_run(cfg, info.is_main, resume)  # refuses a finished, changed or occupied run (train.resume)
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = build_vlbart(cfg.model, cfg.peft, pretrained=True, vocab_size=len(self.tokenizer))
@@ -143,12 +145,8 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self.start_time = time.time()
         self.elapsed_before = 0.0
-        if resume:
-            self._restore(load_training_state(self.run_dir))
-        elif info.is_main:
-            if (self.run_dir / "training_state.pt").exists() or (self.run_dir / "results.json").exists():
-                raise VLRoutingError(f"run directory {self.run_dir} already holds a run; pass --resume latest to "
-                                     "continue it or choose another output.run.")
+        if saved is not None:
+            self._restore(saved)
         barrier(info)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
