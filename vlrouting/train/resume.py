@@ -30,8 +30,9 @@ from vlrouting.errors import ConfigError, DataError
 from vlrouting.fileio import atomic_write_text
 from vlrouting.train.checkpoint import STATE_NAME, load_training_state
 
-#: Keys that may differ from the saved configuration on ``--resume latest``, and why that is safe. None of them
-#: changes what a training step computes, so a resumed run with them changed takes the same steps as without:
+#: Keys that may differ from the saved configuration on ``--resume latest``, and why that is safe. Apart from
+#: ``train.epochs``, which lengthens the schedule on purpose, none of them changes what a training step computes: a
+#: resumed run with them changed takes the same steps as without.
 MAY_CHANGE = {
     "train.epochs": "may only grow: it extends the run; the linear warm-up and decay are recomputed for the new "
                     "total number of steps from the resumed step on",
@@ -46,7 +47,7 @@ MAY_CHANGE = {
 #: Keys of :data:`MAY_CHANGE` that may not decrease.
 GROW_ONLY = ("train.epochs",)
 #: Not compared: ``output`` locates the run directory; ``peft.tasks`` is always a copy of ``data.tasks``.
-NOT_COMPARED = ("output.", "peft.tasks")
+NOT_COMPARED = ("output", "peft.tasks")
 
 #: The logs one run appends to, and what a failed first attempt leaves behind besides ``config.yaml``.
 TRAIN_LOG, METRICS_LOG = "train_log.jsonl", "metrics.jsonl"
@@ -84,7 +85,7 @@ def config_differences(saved: ExperimentConfig, current: ExperimentConfig) -> li
         new = {k: v for k, v in new.items() if not k.startswith("peft")}
     for key in [*old, *(k for k in new if k not in old)]:
         a, b = old.get(key), new.get(key)
-        if a == b or key.startswith(NOT_COMPARED[0]) or key == NOT_COMPARED[1]:
+        if a == b or key in NOT_COMPARED or key.split(".")[0] in NOT_COMPARED:
             continue
         if key in GROW_ONLY and a is not None and (b is None or b < a):
             diffs.append(f"{key}: {_show(a)} → {_show(b)} (may only grow)")
