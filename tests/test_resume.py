@@ -28,10 +28,11 @@ def test_keys_that_may_change_are_accepted():
 
 
 def test_other_changes_are_listed_old_to_new():
-    assert diffs("peft.routing=comb1", "train.lr=3e-4") == ["peft.routing: comb3 → comb1", "train.lr: 0.001 → 0.0003"]
+    assert diffs("peft.routing=comb1", "train.lr=3e-4") == ["peft.routing: comb3 → comb1",
+                                                          "train.lr: 0.001 → 0.0003"]
     assert diffs("train.epochs=19") == ["train.epochs: 20 → 19 (may only grow)"]
     assert diffs("peft.method=lora") == ["peft.method: adapter → lora"]
-    assert diffs("data.tasks=[vqa,gqa]") == ["data.tasks: [\"vqa\", \"gqa\", \"nlvr\", \"caption\"] → [\"vqa\", \"gqa\"]"]
+    assert diffs("data.tasks=[vqa,gqa]") == ['data.tasks: ["vqa", "gqa", "nlvr", "caption"] → ["vqa", "gqa"]']
     assert diffs(name="vladapter_full_finetuning")[0] == "peft: adapter config → null (full fine-tuning)"
     assert diffs("data.root=/other") == ["data.root: datasets → /other"]
 

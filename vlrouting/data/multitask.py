@@ -26,8 +26,8 @@ With ``num_workers > 0`` each task's DataLoader gets its own workers (created pe
 
 **No loader touches the global torch RNG.** Creating a DataLoader iterator draws the workers' base seed from the
 loader's ``generator``, or from the global torch RNG when it has none. The per-task iterators are created lazily, at
-the step where a task first comes up, and after a mid-epoch resume at different steps than in the uninterrupted run,
-so drawing from the global stream shifted every later dropout mask and a resumed run diverged. Each per-task loader
+the step where a task first comes up, and after a mid-epoch resume at other steps than in the uninterrupted run:
+drawing from the global stream would shift every later dropout mask of a resumed run. Each per-task loader
 therefore gets its own ``torch.Generator`` seeded from (seed, epoch, rank, task) (:func:`loader_generator`), and the
 evaluation loaders one seeded from (seed, rank, task): worker seeds are reproducible, and the global stream —
 checkpointed with the training state — advances only through the model. Worker seeds do not make the data
@@ -228,8 +228,8 @@ def make_eval_loader(dataset: Dataset, task, batch_size: int, world_size: int = 
     merges the prediction dicts (e.g. ``torch.distributed.all_gather_object``) before ``task.evaluate``. With the
     default ``world_size=1`` one process sees everything (VL-Adapter evaluated on rank 0 only). Do not run collective
     operations per batch over these loaders: ranks may have different batch counts. The loader has its own
-    generator (from ``seed`` and ``rank``), so iterating it leaves the global torch RNG, and with it training after an
-    evaluation, untouched.
+    generator (from ``seed``, ``rank`` and the task), so iterating it leaves the global torch RNG, and with it the
+    training after an evaluation, untouched.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is invalid; pass a positive evaluation batch size.")

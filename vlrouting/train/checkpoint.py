@@ -3,10 +3,12 @@
 The state holds the trainable parameters, optimizer, scheduler, RNG states (torch, CUDA, numpy, python), the
 global step, the epoch and the multitask loader's position. The RNG states are every rank's (``rng_ranks``, gathered
 by :func:`gather_rng_states`): under DDP each rank draws its own dropout masks, and its stream advances by different
-amounts when its batches have other shapes, so restoring rank 0's stream on every rank would change every mask after
-a resume. ``rng`` keeps rank 0's state for checkpoints read by other tools. It is written to a temporary file in the run
-directory and moved over ``training_state.pt`` with ``os.replace``, so a kill at any moment leaves either the
-previous complete checkpoint or the new one, never a torn file. It is read back with ``weights_only=True``.
+amounts when its batches have other shapes, so restoring rank 0's stream on every rank would change rank 1's masks
+after a resume. ``rng`` (rank 0's, as in older checkpoints) serves when the number of processes changed.
+
+The state is written to a temporary file in the run directory and moved over ``training_state.pt`` with
+``os.replace``, so a kill at any moment leaves either the previous complete checkpoint or the new one, never a torn
+file. It is read back with ``weights_only=True``.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ ATTEMPT_OUTPUTS = (TRAIN_LOG, METRICS_LOG, "log.txt", "predictions", "tensorboar
 
 
 def _flat(cfg: ExperimentConfig) -> dict:
-    """``section.key → value`` (the override spelling); a ``null`` section (full fine-tuning) is one ``None`` entry."""
+    """``section.key → value`` (the override spelling); a ``null`` section (full fine-tuning) is one entry."""
     tree = cfg.to_dict()
     out = {"name": tree["name"], "paper_row": tree["paper_row"]}
     for section in SECTIONS:
