@@ -208,7 +208,8 @@ class Trainer:
         if any_rank(bad, self.info):
             raise TrainingDiverged(
                 f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}'; the last good "
-                f"checkpoint in {self.run_dir} is kept (try a lower train.lr or train.precision=fp32)."
+                f"checkpoint in {self.run_dir} is kept (start a new output.run with a lower train.lr or "
+                "train.precision=fp32)."
             )
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
