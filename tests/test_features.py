@@ -270,3 +270,44 @@ def test_verify_good_and_bad(roots, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
 
+
+def test_convert_per_image_to_contiguous(roots, tmp_path, capsys):
+    out = tmp_path / "conv" / "COCO" / "clip_features"
+    for split in ("train2014", "val2014"):
+        argv = ["convert", "--input", str(roots["pooled"] / f"{split}.h5"), "--output", str(out / f"{split}.h5")]
+        assert fe_main(argv) == 0
+    assert "converted 2 images (36×2048 float16)" in capsys.readouterr().out.splitlines()[-1]
+    with h5py.File(out / "train2014.h5", "r") as f, h5py.File(roots["pooled"] / "train2014.h5", "r") as src:
+        assert f.attrs["layout"] == "contiguous" and f.attrs["model_fingerprint"] == "abc"
+        assert f.attrs["n_images"] == f.attrs["n_committed"] == 3 and bool(f.attrs["complete"])
+        assert f["features"].chunks == (1, 36, C) and f["features"].dtype == np.float16
+        ids = [i.decode() for i in f["ids"][()]]
+        assert ids == sorted(src.keys())
+        for k, i in enumerate(ids):  # the stored bits, unchanged
+            np.testing.assert_array_equal(f["features"][k], src[i][()])
+    store, ref = FeatureStore(out), FeatureStore(roots["pooled"])
+    assert store._contiguous_dataset(0)[2] == "chunk"
+    np.testing.assert_array_equal(store.read_batch(IDS[::-1]), ref.read_batch(IDS[::-1]))
+    assert fe_main(["verify", "--annotations", str(_ann(tmp_path, "good.json", IDS)), "--features", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("OK: all 5 image ids")
+    # VL-Adapter's archive: the 49-token grids as stored; read, they equal the archive's pooled features
+    grid = tmp_path / "vconv" / "all.h5"
+    assert fe_main(["convert", "--input", str(roots["vla"] / "data_clip_RN101_att"), "--output", str(grid)]) == 0
+    np.testing.assert_array_equal(FeatureStore(grid).read_batch(IDS), FeatureStore(roots["vla"]).read_batch(IDS))
+    np.testing.assert_array_equal(FeatureStore(grid, n_boxes=49)[IDS[2]], roots["grids"][IDS[2]].astype(np.float32))
+    capsys.readouterr()
+    # refusals, one sentence each, nothing written
+    odd = tmp_path / "odd.h5"
+    _small_file(odd, {"a": np.ones((36, 16), np.float16), "b": np.ones((36, 16), np.float32)})
+    cases = [
+        (["--input", str(roots["pooled"] / "val2014.h5"), "--output", str(out / "val2014.h5")], "already exists"),
+        (["--input", str(out / "val2014.h5"), "--output", str(tmp_path / "x.h5")], "already has the contiguous"),
+        (["--input", str(odd), "--output", str(tmp_path / "y" / "odd.h5")], "'b' in"),
+        (["--input", str(tmp_path / "none.h5"), "--output", str(tmp_path / "z.h5")], "does not exist"),
+        (["--input", str(odd), "--output", str(tmp_path / "z.hdf5")], "must end in .h5"),
+    ]
+    for argv, needle in cases:
+        assert fe_main(["convert"] + argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert list((tmp_path / "y").iterdir()) == []  # the failed conversion left no temporary file
