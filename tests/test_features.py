@@ -166,8 +166,9 @@ def test_read_batch_errors(roots, tmp_path):
     grid[0, 0] = -np.inf  # the 2×2 max pooling would hide it: checked before pooling
     _small_file(tmp_path / "nan_g" / "a.h5", {"im0": np.ones((49, 16), np.float32), "im1": grid})
     for d in ("nan", "nan_c", "nan_g"):
-        with pytest.raises(DataError, match=rf"image 'im1' in {tmp_path / d / 'a.h5'} contain NaN or Inf"):
-            FeatureStore(tmp_path / d).read_batch(["im0", "im1"])
+        for dtype in (np.float32, np.float16):
+            with pytest.raises(DataError, match=rf"image 'im1' in {tmp_path / d / 'a.h5'} contain NaN or Inf"):
+                FeatureStore(tmp_path / d).read_batch(["im0", "im1"], dtype=dtype)
     np.testing.assert_array_equal(FeatureStore(tmp_path / "nan").read_batch(["im0"])[0], ok.astype(np.float32))
     _small_file(tmp_path / "dims" / "a.h5", {"im0": ok, "im1": np.ones((36, 8), np.float16)})
     with pytest.raises(DataError, match=r"differ in size: 'im1' in .*a.h5 has C=8, 'im0' .* has C=16"):
