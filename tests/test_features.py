@@ -154,14 +154,16 @@ def test_read_batch_errors(roots, tmp_path):
         store.read_batch([IDS[0], "COCO_val2014_000000999999"])
     with pytest.raises(ValueError, match="at least one"):
         store.read_batch([])
+    with pytest.raises(ValueError, match="not int32"):
+        store.read_batch(IDS[:1], dtype=np.int32)
     with pytest.raises(ValueError, match="shape"):
         store.read_batch(IDS[:2], out=np.empty((2, 36, 16), np.float32))
     with pytest.raises(ConfigError, match="n_boxes 49"):
         FeatureStore(roots["mixed"], n_boxes=49).read_batch([IDS[3], IDS[0]])
-    ok, bad = np.ones((36, 16), np.float16), np.ones((36, 16), np.float16)
-    bad[5, 7] = np.inf
-    _small_file(tmp_path / "nan" / "a.h5", {"im0": ok, "im1": bad})
-    _write_contiguous(tmp_path / "nan_c" / "a.h5", {"im0": ok, "im1": bad}, chunks=(1, 36, 16))
+    ok, inf, nan = (np.ones((36, 16), np.float16) for _ in range(3))
+    inf[5, 7], nan[35, 15] = np.inf, np.nan
+    _small_file(tmp_path / "nan" / "a.h5", {"im0": ok, "im1": inf})
+    _write_contiguous(tmp_path / "nan_c" / "a.h5", {"im0": ok, "im1": nan}, chunks=(1, 36, 16))
     grid = np.ones((49, 16), np.float32)
     grid[0, 0] = -np.inf  # the 2×2 max pooling would hide it: checked before pooling
     _small_file(tmp_path / "nan_g" / "a.h5", {"im0": np.ones((49, 16), np.float32), "im1": grid})

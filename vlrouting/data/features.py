@@ -20,9 +20,9 @@ Two read paths: ``store[img_id]`` reads one block (the reference path), :meth:`F
 blocks of a whole batch into one preallocated ``(B, n_boxes, C)`` array with as few HDF5 calls as the layout
 allows: ids sorted per file, duplicates read once; the contiguous layout reads each image's chunk with one direct
 chunk read (``H5Dread_chunk``: no datatype pipeline), or one hyperslab-union read per file when the dataset is stored
-unchunked — a union read over a *chunked* dataset costs ~100× more than the per-chunk reads in HDF5 2.0, measured
-(scripts/bench/bench_reader.py); the per-image layouts need one open + one read per image. The float16 → float32
-cast, the NaN/Inf check and the 7×7 pooling then run once over the batch.
+unchunked — a union read over a *chunked* dataset costs ~100× more than the per-chunk reads with HDF5 2.0 here;
+the per-image layouts need one open + one read per image. The float16 → float32 cast, the NaN/Inf check and the
+7×7 pooling then run once over the batch.
 
 h5py handles are not fork-safe (DESIGN.md §9): a store opens its files lazily in each process (it tracks the pid),
 pickles without handles (spawned DataLoader workers), and closes its handles just before any ``os.fork`` of the
@@ -120,15 +120,15 @@ def _cast_into(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 def _all_finite(x: np.ndarray) -> bool:
-    """Whether ``x`` holds no NaN/Inf. One float32-accumulated sum is the cheap test (NaN/Inf propagate; torch's sum
-    is 2-10× numpy's here, for float16 all the more); only a non-finite sum — which finite float32 values can also
-    reach by overflow — pays for the exact element-wise check."""
-    if x.dtype in (np.float32, np.float16):
-        import torch
+    """Whether ``x`` holds no NaN/Inf, in one pass: torch's min/max propagate NaN and keep ±Inf, so both ends are
+    finite exactly when every value is (0.6 ms for a 64 × 36 × 2048 batch here; ``np.isfinite(x).all()`` takes 2-5×
+    that for float32 and 30× for float16)."""
+    if x.size == 0:
+        return True
+    import torch
 
-        if bool(torch.isfinite(torch.from_numpy(x).sum(dtype=torch.float32))):
-            return True
-    return bool(np.isfinite(x).all())
+    lo, hi = torch.aminmax(torch.from_numpy(x))
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 class _Gather:
@@ -357,6 +357,8 @@ class FeatureStore:
         ids = [str(i) for i in ids]
         if not ids:
             raise ValueError("read_batch needs at least one image id")
+        if np.dtype(dtype) not in (np.float16, np.float32, np.float64):
+            raise ValueError(f"read_batch returns float16, float32 or float64 features, not {np.dtype(dtype)}")
         index = self._build_index()
         first: dict[str, int] = {}
         dups: list[tuple[int, int]] = []

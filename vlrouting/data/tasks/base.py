@@ -16,7 +16,7 @@ Behaviour reproduced from VL-Adapter (reference/vladapter_spec.md):
 Batches are read whole: torch's DataLoader calls :meth:`TaskDataset.__getitems__` with a batch's indices, which
 tokenizes the texts in one call and reads every feature block of the batch with one
 :meth:`~vlrouting.data.features.FeatureStore.read_batch` per feature dataset into one ``(B, V, C)`` array (in shared
-memory inside a DataLoader worker, so handing the batch to the main process copies nothing); :meth:`Task.collate`
+memory inside a DataLoader worker, so the batch reaches the main process without another copy); :meth:`Task.collate`
 takes that array as it is (:class:`ExampleBatch`). ``dataset[i]`` + ``collate`` of a list of examples gives the same
 batch, bit for bit.
 
