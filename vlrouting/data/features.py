@@ -517,12 +517,14 @@ class FeatureStore:
             _cast_into(dst, adaptive_max_pool_grid(x, self.side))
 
     def _check_finite(self, block: np.ndarray, row_ids: list) -> None:
+        """A DataError naming the first image (row k is ``row_ids[k]``; None: not a block) holding NaN/Inf."""
         if _all_finite(block):
             return
         for k, img_id in enumerate(row_ids):
             if img_id is not None and not np.isfinite(block[k]).all():
-                raise DataError(f"features of image '{img_id}' in {self.locate(img_id)} contain NaN or Inf; "
-                                f"re-extract them (`python -m feature_extraction verify` lists every such id).")
+                raise DataError(f"features of image '{img_id}' in {self.locate(img_id)} contain NaN or Inf values; "
+                                f"re-extract that file (python -m feature_extraction extract) or drop the image from "
+                                f"the annotations.")
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, n_boxes={self.n_boxes})"
