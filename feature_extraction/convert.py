@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m feature_extraction convert",
         description="Rewrite per-image feature files as the contiguous layout (one (N, tokens, C) dataset chunked per "
-                    "image plus an id index), which batch reads go through several times faster.")
+                    "image plus an id index), which batch reads go through about twice as fast.")
     p.add_argument("--input", required=True,
                    help="a per-image <split>.h5 of ours, or a folder of VL-Adapter's <img_id>.h5 files")
     p.add_argument("--output", required=True, help="the .h5 file to write (must not exist)")

@@ -23,7 +23,7 @@ the tiny CLIP-BART read the visual tokens several times sooner; real RN101 featu
 asked).
 
 ``--layout contiguous`` writes each split as one ``(N, tokens, C)`` dataset chunked per image plus an id index
-(:mod:`.h5writer`), which :meth:`vlrouting.data.features.FeatureStore.read_batch` reads several times faster than
+(:mod:`.h5writer`), which :meth:`vlrouting.data.features.FeatureStore.read_batch` reads about twice as fast as
 one dataset per image; resumable the same way. ``python -m feature_extraction convert`` turns a per-image file into
 it.
 
