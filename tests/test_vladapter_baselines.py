@@ -8,7 +8,6 @@ benchmark, and 2-process DDP against one process. Tiny models: d_model 32 unless
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 

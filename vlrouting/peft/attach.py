@@ -24,8 +24,9 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
 
     A method with model-level parameters gets one owner, registered as ``peft_owner`` on ``owner_parent`` (the
     family's model; ``model`` itself when not given) and passed to every wrapper; a method registered with
-    ``wraps=False`` (prompt tuning) gets its owner only, sized from the matched modules, which stay unwrapped. Routing that is configured but
-    reaches no wrapped module (every target on a side outside ``cfg.route_sides``) is an error, not a silent no-op.
+    ``wraps=False`` (prompt tuning) gets its owner only, sized from the matched modules, which stay unwrapped.
+    Routing that is configured but reaches no wrapped module (every target on a side outside ``cfg.route_sides``)
+    is an error, not a silent no-op.
     """
     method = get_peft_method(cfg.method)
     method.check(cfg)  # also run when the config was built; repeated for configs changed after that
