@@ -53,6 +53,12 @@ def losses(run_dir: Path) -> list[tuple[str, float]]:
     ("vladapter_multiple_adapters", "trainable: 19,430,400 | total: 158,955,264 | trainable%: 12.22"),
     ("vladapter_single_lora", "trainable: 8,786,688 | total: 148,234,752 | trainable%: 5.93"),
     ("vladapter_multiple_lora", "trainable: 30,020,352 | total: 169,468,416 | trainable%: 17.71"),
+    ("vladapter_single_compacter", "trainable: 3,870,240 | total: 143,395,104 | trainable%: 2.70"),
+    ("vladapter_multiple_compacters", "trainable: 10,584,960 | total: 150,109,824 | trainable%: 7.05"),
+    ("vladapter_hyperformer", "trainable: 8,579,088 | total: 148,103,952 | trainable%: 5.79"),
+    ("vladapter_half_shared_adapters", "trainable: 12,725,760 | total: 152,250,624 | trainable%: 8.36"),
+    ("vladapter_single_prompt", "trainable: 2,843,936 | total: 142,417,952 | trainable%: 2.00"),
+    ("vladapter_multiple_prompts", "trainable: 6,627,200 | total: 146,201,216 | trainable%: 4.53"),
 ])
 def test_params_prints_vladapter_anchors(name, line, capsys):
     from vlrouting.__main__ import main
