@@ -517,7 +517,8 @@ def test_ddp_two_processes_match_one_process(synthetic_bench, tmp_path, config):
     here only: its masks come from each process' own random stream."""
     from vlrouting.train.trainer import main as train_main
 
-    shared = {"data.limit_train": 24, "train.epochs": 1, "train.lr": 3e-3, "train.max_steps": 6}
+    shared = {"data.limit_train": 24, "train.epochs": 1, "train.lr": 3e-3, "train.max_steps": 6,
+              "model.dropout": 0.0}
     assert train_main(["--config", config, *common(synthetic_bench, tmp_path / "one", **shared,
                                                    **{"train.batch_size": 12})]) == 0
     two = run_train(["--config", config, *common(synthetic_bench, tmp_path / "two", **shared,
