@@ -3,9 +3,9 @@
 Layout of ``<split>.h5``: one dataset per image id at the root (``(36, C)`` float16, or ``(49, C)`` with
 ``--keep-grid``), provenance as root attributes. Protocol:
 
-* A run writes into ``<split>.h5.partial`` and renames it to ``<split>.h5`` only when the split is complete, so a
-  reader never sees a half-extracted split and an existing complete file is never modified in place (adding
-  images to it first copies it to ``.partial``).
+* A run writes into ``<split>.h5.partial`` and renames it to ``<split>.h5`` (fsync, then ``os.replace``) only when
+  the split is complete, so a reader never sees a half-extracted split and an existing complete file is never
+  modified in place (adding images to it first copies it to ``.partial``, atomically).
 * Each batch: create the batch's datasets → flush → set each dataset's ``complete`` attribute → flush. After a
   kill (even ``kill -9``) the ``.partial`` file holds everything up to the last flush; on reopen, datasets without
   ``complete`` are deleted and only the missing ids are extracted again. A ``.partial`` that HDF5 cannot open any
@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from vlrouting.errors import ConfigError
+from vlrouting.fileio import atomic_path, fsync_replace
 
 COMPLETE = "complete"
 # Provenance keys that must agree for a rerun to add to an existing file (the rest is informative).
@@ -97,7 +98,7 @@ def finalize_partial(output: Path, attrs: dict) -> None:
         for key, value in attrs.items():
             f.attrs[key] = value
         f.attrs[COMPLETE] = True
-    os.replace(part, output)
+    fsync_replace(part, output)  # on disk before it gets the name readers trust
 
 
 class H5Writer:
@@ -108,9 +109,8 @@ class H5Writer:
         self.partial = partial_path(self.output)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if where == "final":
-            tmp = self.partial.with_name(self.partial.name + ".copy")
-            shutil.copyfile(self.output, tmp)
-            os.replace(tmp, self.partial)
+            with atomic_path(self.partial) as tmp:
+                shutil.copyfile(self.output, tmp)
         self.file = h5py.File(self.partial, "r+" if where in ("final", "partial") else "w")
         for key, value in attrs.items():
             self.file.attrs[key] = value

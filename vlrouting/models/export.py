@@ -3,7 +3,8 @@
 ``python -m vlrouting.models.export --run snap/<exp>/<run> --out DIR``: rebuilds the run's model from its
 ``config.yaml``, loads its saved weights (``adapter_model.safetensors``; for full fine-tuning that is every
 parameter), then writes ``DIR`` with the BART backbone and tokenizer (``save_pretrained``) plus
-``visual_embedding.safetensors``. Point ``model.backbone=DIR model.visual_init=DIR`` at it. The CPU demo uses
+``visual_embedding.safetensors`` (all files published atomically: nothing is left in ``DIR`` when the export
+fails). Point ``model.backbone=DIR model.visual_init=DIR`` at it. The CPU demo uses
 this to give PEFT a "pretrained" tiny backbone (a short full fine-tuning warm-up on a disjoint split), the way a
 real run starts from ``facebook/bart-base``.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from vlrouting.errors import DataError, VLRoutingError
+from vlrouting.fileio import atomic_directory, check_writable
 
 VISUAL_NAME = "visual_embedding.safetensors"
 
@@ -30,15 +32,17 @@ def export_backbone(run_dir: str | Path, out_dir: str | Path) -> Path:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise DataError(f"{run_dir} has no config.yaml; give a finished run directory (snap/<experiment>/<run>).")
+    check_writable(out_dir, "--out")
     cfg = load_config(str(cfg_path))
     tok = load_tokenizer(cfg.model)
     model = build_vlbart(cfg.model, cfg.peft, pretrained=True, vocab_size=len(tok))
     load_peft(model, run_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.bart.save_pretrained(str(out_dir))
-    tok.save_pretrained(str(out_dir))
-    tensors = {k: v.detach().contiguous() for k, v in model.visual_embedding.state_dict().items()}
-    save_file(tensors, str(out_dir / VISUAL_NAME))
+    # written into a temporary folder, then each file fsynced and moved into out_dir: a failure leaves nothing
+    with atomic_directory(out_dir) as tmp:
+        model.bart.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        tensors = {k: v.detach().contiguous() for k, v in model.visual_embedding.state_dict().items()}
+        save_file(tensors, str(tmp / VISUAL_NAME))
     return out_dir
 
 
