@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from vlrouting.config_checks import check_config
 from vlrouting.errors import ConfigError
 from vlrouting.models.vlbart import ModelConfig
 from vlrouting.peft import PeftConfig
@@ -54,6 +55,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     num_beams: int = 5
     caption_max_length: int = 40
+    vqa_eval_version: str = "2017"  # official vqaEval.py revision: 2017 (VL-Adapter, the paper) or 2021
     log_every: int = 10
     tensorboard: bool = False
     deterministic: bool = False
@@ -247,6 +249,7 @@ def build_config(tree: dict) -> ExperimentConfig:
         train=_section(TrainConfig, tree.get("train"), "train"),
         output=_section(OutputConfig, tree.get("output"), "output"),
     )
+    check_config(cfg)
     if cfg.peft is not None:
         cfg.peft.tasks = list(cfg.data.tasks)
         from vlrouting.routing import resolve_routing
