@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -164,11 +165,11 @@ def label_problem(record: Mapping, task: str, field: str = "label") -> str | Non
     if label is None:
         return None
     example = '{"yes": 1.0}'
-    if not isinstance(label, Mapping):
+    if not isinstance(label, dict):  # JSON objects load as dicts
         return f"has {field} {label!r} ({_kind(label)}), but a {task} label maps answer strings to scores, e.g. {example}"
-    for answer, score in label.items():
-        if (not isinstance(answer, str) or isinstance(score, bool) or not isinstance(score, (int, float))
-                or not np.isfinite(score) or score < 0):
+    for answer, score in label.items():  # exact type checks: this runs for every record of every split (fast)
+        if (type(answer) is not str or type(score) not in (int, float) or not math.isfinite(score)
+                or score < 0):
             return (f"has {field} entry {answer!r}: {score!r}, but a {task} label maps answer strings to "
                     f"non-negative scores, e.g. {example}")
     return None

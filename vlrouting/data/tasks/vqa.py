@@ -41,8 +41,8 @@ def _answers_problem(record: dict) -> str | None:
         return (f"has answers {answers!r}, but answers must be a non-empty list of strings or {{\"answer\": ...}} "
                 f"dicts")
     for a in answers:
-        value = a.get("answer") if isinstance(a, Mapping) else a
-        if not isinstance(value, str):
+        value = a.get("answer") if type(a) is dict else a
+        if type(value) is not str:
             return f"has an answer {a!r}, but answers must be strings or {{\"answer\": str}} dicts"
     return None
 
