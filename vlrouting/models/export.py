@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # stderr is for the one error sentence, as in training
     try:
         out = export_backbone(args.run, args.out)
     except VLRoutingError as exc:
