@@ -13,8 +13,8 @@ synthetic benchmark (``vlrouting.data.synthetic``) reproduces — relative to a 
 ``synthetic`` runs all four. An image's id is its file name up to the first dot (``COCO_train2014_000000458752``,
 ``2375429``, ``n161313``, ``train-10171-0-img0``), as the annotation files name images.
 
-Preprocessing (VL-Adapter ``coco_CLIP.py``): RGB (16-bit grayscale scaled to 8 bits, see :func:`to_rgb`), resized to exactly size×size with bicubic interpolation — the
-aspect ratio is *not* kept — then CLIP mean/std normalisation.
+Preprocessing (VL-Adapter ``coco_CLIP.py``): RGB (16-bit grayscale scaled to 8 bits, see :func:`to_rgb`), resized to
+exactly size×size with bicubic interpolation — the aspect ratio is *not* kept — then CLIP mean/std normalisation.
 """
 
 from __future__ import annotations

@@ -194,7 +194,8 @@ def caption_is_not_a_string(bench, tmp):
         data["images"][2]["sentences"][0]["raw"] = 42
         return data
     root = overlay(bench["root"], tmp / "ds", {"COCO/dataset_coco.json": edit_json(number)})
-    return dict(entry="train", argv=train(bench, root, tmp / "snap"), needles=["Image entry 2", "dataset_coco.json", "42"])
+    return dict(entry="train", argv=train(bench, root, tmp / "snap"),
+                needles=["Image entry 2", "dataset_coco.json", "42"])
 
 
 @case

@@ -63,11 +63,12 @@ def test_atomic_directory_publishes_every_file_or_nothing(tmp_path):
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["config.json", "sub", "sub/vocab.txt"]
     assert _mode(out / "config.json") == 0o666 & ~_umask()
     assert sorted(os.listdir(tmp_path)) == ["backbone"]
-    with pytest.raises(RuntimeError):
-        with atomic_directory(tmp_path / "failed") as tmp:
-            (tmp / "model.safetensors").write_text("half")
-            raise RuntimeError("save_pretrained failed")
-    assert sorted(os.listdir(tmp_path)) == ["backbone"]
+    for failed in (tmp_path / "failed", tmp_path / "new" / "deeper" / "failed"):
+        with pytest.raises(RuntimeError):
+            with atomic_directory(failed) as tmp:
+                (tmp / "model.safetensors").write_text("half")
+                raise RuntimeError("save_pretrained failed")
+        assert sorted(os.listdir(tmp_path)) == ["backbone"]  # nor the folders made on the way
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(DataError, match="a_file: it is a file, not a folder"):
         with atomic_directory(tmp_path / "a_file"):

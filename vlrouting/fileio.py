@@ -170,10 +170,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             fsync_replace(src, dst)
     except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         remove_created(created)
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_orphans(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:

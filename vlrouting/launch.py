@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
-        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
-        if 2 in codes.values():  # a VLRoutingError: its sentence is already on stderr
-            return 2
+        if any(failure.exitcode == 2 for failure in exc.failures.values()):
+            return 2  # a VLRoutingError: its sentence is already on stderr
         rank, failure = exc.get_first_failure()
         print(f"error: worker rank {rank} exited with status {failure.exitcode}; its output above says why.",
               file=sys.stderr)

@@ -230,8 +230,8 @@ class Trainer:
         if any_rank(bad, self.info):
             kept = (f"the last checkpoint in {self.run_dir} is kept for --resume latest"
                     if (self.run_dir / STATE_NAME).exists() else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}' ({kept}); "
-                                   f"try a lower train.lr or train.precision=fp32.")
+            raise TrainingDiverged(f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}' "
+                                   f"({kept}); try a lower train.lr or train.precision=fp32.")
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)

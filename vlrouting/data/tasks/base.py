@@ -166,7 +166,8 @@ def label_problem(record: Mapping, task: str, field: str = "label") -> str | Non
         return None
     example = '{"yes": 1.0}'
     if not isinstance(label, dict):  # JSON objects load as dicts
-        return f"has {field} {label!r} ({_kind(label)}), but a {task} label maps answer strings to scores, e.g. {example}"
+        return (f"has {field} {label!r} ({_kind(label)}), but a {task} label maps answer strings to scores, "
+                f"e.g. {example}")
     for answer, score in label.items():  # exact type checks: this runs for every record of every split (fast)
         if (type(answer) is not str or type(score) not in (int, float) or not math.isfinite(score)
                 or score < 0):
