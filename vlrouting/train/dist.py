@@ -79,6 +79,8 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group. Drop the DDP-wrapped model first: a DDP reducer that holds the last reference to
+    the group destroys it with the GIL held, and torch's gloo destructor then joins threads that may need the GIL."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -88,10 +90,14 @@ class PeerFailed(VLRoutingError):
 
 
 @contextmanager
-def together(info: DistInfo) -> Iterator[None]:
+def together(info: DistInfo, settle: bool = True) -> Iterator[None]:
     """Run the block on every rank, then agree on VLRoutingErrors raised in it (see the module docstring).
 
-    Also a barrier when distributed. Single process: errors pass through unchanged.
+    Also a barrier when distributed. Single process: errors pass through unchanged. ``settle`` (and any agreed
+    error) ends with a ``dist.barrier()``: the agreement's all_reduce leaves a Python tensor in a gloo worker thread,
+    which needs the GIL to release it; if the process group is torn down right after (end of the run, an error)
+    while the main thread holds the GIL, torch's destructor waits for that thread forever (seen under load). While
+    the barrier waits, the GIL is free and the thread finishes. The per-step use (:func:`agreed`) skips it.
     """
     error: VLRoutingError | None = None
     try:
@@ -102,6 +108,8 @@ def together(info: DistInfo) -> Iterator[None]:
         first = torch.tensor([info.rank if error is not None else info.world_size], device=info.device)
         dist.all_reduce(first, op=dist.ReduceOp.MIN)
         first_rank = int(first.item())
+        if settle or first_rank != info.world_size:  # every rank takes the same branch
+            dist.barrier()
         if first_rank == info.world_size:
             return
         if first_rank != info.rank:
@@ -128,7 +136,7 @@ def agreed(items: Iterable[T], info: DistInfo) -> Iterator[T]:
     them enters the step's collectives. Every rank must yield the same number of items (the multitask loader does)."""
     iterator = iter(items)
     while True:
-        with together(info):
+        with together(info, settle=False):  # once per step: no extra barrier (the step's collectives follow)
             try:
                 item = next(iterator)
             except StopIteration:

@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         except VLRoutingError:
             trainer.discard_unfinished()
             raise
+        finally:
+            del trainer  # before cleanup(info): see there
         return 0
     except VLRoutingError as exc:
         if reports(exc, int(os.environ.get("RANK", "0"))):  # once: rank 0, or the rank whose error it is
