@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vlrouting.data.tasks.sets import default_tasks
+from vlrouting.config_checks import check_config
 from vlrouting.errors import ConfigError
 from vlrouting.models.base import FamilyConfig
 from vlrouting.models.registry import family_config_class
@@ -59,6 +60,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     num_beams: int = 5
     caption_max_length: int = 40
+    vqa_eval_version: str = "2017"  # official vqaEval.py revision: 2017 (VL-Adapter, the paper) or 2021
     log_every: int = 10
     tensorboard: bool = False
     deterministic: bool = False
@@ -266,6 +268,7 @@ def build_config(tree: dict) -> ExperimentConfig:
         train=_section(TrainConfig, tree.get("train"), "train"),
         output=_section(OutputConfig, tree.get("output"), "output"),
     )
+    check_config(cfg)
     if cfg.peft is not None:
         cfg.peft.tasks = list(cfg.data.tasks)
         from vlrouting.routing import resolve_routing

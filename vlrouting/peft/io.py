@@ -8,17 +8,15 @@ model's trainable parameter names, and an error names the missing and unexpected
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlrouting.errors import DataError
-from vlrouting.fileio import _umask
-from vlrouting.fileio import atomic_write_bytes
+from vlrouting.fileio import atomic_path, atomic_write_bytes
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -30,17 +28,9 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_peft(model: nn.Module, out_dir: str | Path, config: dict) -> Path:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = trainable_state_dict(model)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", "library": "vlrouting"})
-        os.replace(tmp, out_dir / WEIGHTS_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "library": "vlrouting"})
     atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode())
     return out_dir / WEIGHTS_NAME
 
@@ -51,7 +41,11 @@ def load_peft(model: nn.Module, in_dir: str | Path, strict: bool = True) -> dict
     path = in_dir / WEIGHTS_NAME
     if not path.is_file():
         raise DataError(f"no PEFT weights at {path}; point to a run directory that contains {WEIGHTS_NAME}.")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:  # a truncated or foreign file
+        raise DataError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())}); it may be "
+                        f"truncated — save it again from its run or point to another run directory.") from None
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     missing = sorted(expected - set(tensors))

@@ -42,6 +42,7 @@ import torch
 
 from vlrouting.data.layout import ANNOTATIONS, AnnotationSource, DataSpec
 from vlrouting.errors import ConfigError, DataError
+from vlrouting.fileio import is_plain_name
 
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -100  # labels at padded target positions (VL-Adapter collate_fn, reference §3.4)
@@ -155,6 +156,58 @@ def read_records(path: Path, required: Sequence[str]) -> list[dict]:
                 f"Record {i} of {path} lacks the field(s) {', '.join(missing)}; re-create the file or re-download the data."
             )
     return data
+
+
+# ------------------------------------------------------------------------- record field checks (Task.check_record)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def id_problem(record: Mapping, field: str) -> str | None:
+    """Ids (question ids, uids) must be strings or integers."""
+    value = record.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"has {field} {value!r} ({_kind(value)}), but ids must be strings or integers"
+    return None
+
+
+def image_id_problem(record: Mapping, field: str) -> str | None:
+    """An image id names one entry of a feature or image folder: a string or integer with no path in it."""
+    problem = id_problem(record, field)
+    if problem:
+        return problem
+    text = str(record[field])
+    if not is_plain_name(text):
+        return (f"has {field} {text!r}, which is not a plain image id (no '/', '\\' or '..': an id must not point "
+                f"outside its image or feature folder)")
+    return None
+
+
+def text_problem(record: Mapping, *fields: str) -> str | None:
+    """Questions and sentences, when present, are strings."""
+    for field in fields:
+        if field in record and not isinstance(record[field], str):
+            return f"has {field} {record[field]!r} ({_kind(record[field])}), but it must be a string"
+    return None
+
+
+def label_problem(record: Mapping, task: str, field: str = "label") -> str | None:
+    """A soft label (VQA, GQA), when present, maps answer strings to finite non-negative scores."""
+    label = record.get(field)
+    if label is None:
+        return None
+    example = '{"yes": 1.0}'
+    if not isinstance(label, dict):  # JSON objects load as dicts
+        return (f"has {field} {label!r} ({_kind(label)}), but a {task} label maps answer strings to scores, "
+                f"e.g. {example}")
+    for answer, score in label.items():  # exact type checks: this runs for every record of every split (fast)
+        if (type(answer) is not str or type(score) not in (int, float) or not math.isfinite(score)
+                or score < 0):
+            return (f"has {field} entry {answer!r}: {score!r}, but a {task} label maps answer strings to "
+                    f"non-negative scores, e.g. {example}")
+    return None
 
 
 def check_limit(limit: int | None) -> int | None:
@@ -279,9 +332,21 @@ class Task:
         """All records of ``split``, each tagged with ``_features`` (the feature dataset its images come from)."""
         records: list[dict] = []
         for source in self.sources(split):
-            for rec in read_records(root / source.annotation, self.required_fields):
+            path = root / source.annotation
+            for i, rec in enumerate(read_records(path, self.required_fields)):
+                problem = self.check_record(rec)
+                if problem:
+                    raise DataError(f"Record {i} of {path} {problem}; fix the file or re-download the data.")
                 records.append({**rec, "_features": source.features})
         return records
+
+    def check_record(self, record: dict) -> str | None:
+        """What is wrong with the field types of one annotation record (``"has label 'yes' (a str), ..."``), or None.
+
+        Called for every record as it is loaded, so a malformed file fails at the pre-flight check, not mid-epoch.
+        Each task checks its own fields with the ``*_problem`` helpers of this module.
+        """
+        return None
 
     def sources(self, split: str) -> tuple[Source, ...]:
         if split not in self.splits:
@@ -627,4 +692,5 @@ __all__ = [
     "SPLITS", "IGNORE_INDEX", "Source", "Column", "LossTerm", "DecodeSpec", "Task", "TaskDataset", "ExampleBatch",
     "FeatureSource",
     "sample_answer", "best_answer", "token_losses", "example_mean_loss", "read_json", "read_records",
+    "id_problem", "image_id_problem", "text_problem", "label_problem",
 ]
