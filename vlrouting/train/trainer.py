@@ -96,6 +96,8 @@ def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device``; from pinned memory (``data.pin_memory`` on CUDA) the copies are
+    asynchronous and overlap with the work queued before them."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
@@ -146,8 +148,13 @@ class Trainer:
                                      spec=self.data_spec)
             for name, task in self.tasks.items()
         }
+        data = cfg.data
         self.loader = MultitaskLoader(self.train_sets, self.tasks, cfg.train.batch_size, world_size=info.world_size,
-                                      rank=info.rank, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
+                                      rank=info.rank, seed=cfg.train.seed, num_workers=data.num_workers,
+                                      pin_memory=data.pin_memory and info.device.type == "cuda",
+                                      persistent_workers=data.persistent_workers,
+                                      prefetch_factor=data.prefetch_factor,
+                                      buffers_per_worker=data.buffers_per_worker)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         configure_backends(info.device, cfg.train.allow_tf32)
@@ -327,6 +334,7 @@ class Trainer:
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
                 self.evaluate("val")
             self.save_checkpoint()
+        self.loader.close()  # the training workers (and their feature buffers) are not needed any more
         results = self.evaluate("test") if cfg.train.test_after else {}
         return self.finish(results)
 
