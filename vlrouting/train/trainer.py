@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
-from vlrouting.peft import save_peft
+from vlrouting.peft import save_peft, save_peft_init
 from vlrouting.fileio import atomic_write_bytes
 from vlrouting.train.accel import LoaderTimer, adamw, configure_backends, maybe_compile
 from vlrouting.train.checkpoint import (gather_rng_states, rng_state, rng_state_for_rank, save_training_state,
@@ -163,6 +163,8 @@ class Trainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.run_dir / "config.yaml", dump_config(cfg).encode())
+            if saved is None:  # the PEFT weights at step 0 of a fresh run (ΔW analyses, Fig. B2)
+                save_peft_init(self.model, self.run_dir)
         self.tb = None
         if cfg.train.tensorboard and info.is_main:
             try:
