@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
-from vlrouting.peft import save_peft
+from vlrouting.peft import save_peft, save_peft_init
 from vlrouting.fileio import atomic_write_bytes, make_folder, remove_created, remove_orphans
 from vlrouting.train.accel import LoaderTimer, adamw, configure_backends, maybe_compile
 from vlrouting.train.checkpoint import (
@@ -191,6 +191,8 @@ class Trainer:
         for folder in (self.run_dir, self.run_dir / "predictions"):
             remove_orphans(folder)  # temporary files of a writer that was killed
         atomic_write_bytes(self.run_dir / "config.yaml", dump_config(self.cfg).encode())
+        if not self.resumed:  # the PEFT weights at step 0 of a fresh run (ΔW analyses, Fig. B2)
+            save_peft_init(self.model, self.run_dir)
 
     def discard_unfinished(self) -> None:
         """After an error: remove the run directory of a fresh run that has no checkpoint yet (nothing in it can be
