@@ -7,8 +7,8 @@ import os
 import torch
 
 from vlrouting.config import dump_config, load_config
-from vlrouting.models.export import VISUAL_NAME, main
-from vlrouting.models.vlbart import build_vlbart, load_tokenizer
+from vlrouting.models.export import main
+from vlrouting.models.vlbart import VISUAL_NAME, build_vlbart, load_tokenizer
 from vlrouting.peft import save_peft
 
 
