@@ -127,14 +127,19 @@ def main(argv=None) -> int:
                                   str(args.samples), "--batch-size", str(args.batch_size)],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"\n| workers | main torch threads | samples/s | peak RSS main (MB) | peak RSS worker (MB) | "
+    from vlrouting.machine import machine_info, provenance_line, source_commit
+
+    machine = machine_info()
+    print(f"\n{provenance_line(machine)}")
+    print(f"| workers | main torch threads | samples/s | peak RSS main (MB) | peak RSS worker (MB) | "
           f"RSS before reading (MB) | file size (MB) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['torch_threads']} | {r['samples_per_s']:.0f} | {r['peak_rss_main_mb']:.0f} | {r['peak_rss_worker_mb']:.0f} "
               f"| {r['rss_before_mb']:.0f} | {size_mb:.0f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"file_mb": size_mb, "rows": rows}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"commit": source_commit(), "machine": machine, "file_mb": size_mb,
+                                              "rows": rows}, indent=2) + "\n")
     return 0
 
 
