@@ -239,6 +239,10 @@ def main(argv=None) -> int:
              "float16 out", "loader-sample": "DataLoader {w}, per-sample", "loader-batch": "DataLoader {w}",
              "loader-kept": "DataLoader {w}, no transfer", "raw": "numpy raw",
              "loader-recycled": "DataLoader {w}, recycled buffers"}
+    from vlrouting.machine import machine_info, provenance_line, source_commit
+
+    machine = machine_info()
+    print(f"\n{provenance_line(machine)}")
     print("\n| layout | measurement | samples/s (median) | range | MB/s as stored | ratio | target |")
     print("|---|---|---|---|---|---|---|")
     rows = []
@@ -263,8 +267,9 @@ def main(argv=None) -> int:
         rows.append({"layout": layout, "kind": kind, "workers": w, "samples_per_s": values,
                      **({"details": extra[(layout, kind, w)]} if (layout, kind, w) in extra else {})})
     if args.out:
-        Path(args.out).write_text(json.dumps({"sizes_mb": sizes, "cores": cores, "loads": loads, "rows": rows,
-                                              "args": vars(args)}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"commit": source_commit(), "machine": machine, "sizes_mb": sizes,
+                                              "cores": cores, "loads": loads, "rows": rows, "args": vars(args)},
+                                             indent=2) + "\n")
     return 0
 
 
