@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
+from vlrouting.machine import machine_info
 from vlrouting.peft import save_peft, save_peft_init
 from vlrouting.fileio import atomic_write_bytes, make_folder, remove_created, remove_orphans
 from vlrouting.train.accel import LoaderTimer, adamw, configure_backends, maybe_compile
@@ -374,6 +375,7 @@ class Trainer:
                 "status": "completed", "summary": summary, "test": test,
                 "params": self.params, "steps": self.step, "epochs": self.epoch,
                 "world_size": self.info.world_size, "git_commit": git_commit(), "versions": versions(),
+                "machine": machine_info(),  # what CPU results are bit-identical across (README, Determinism)
                 "wall_time_s": round(self.elapsed_before + time.time() - self.start_time, 2),
                 "peak_memory_mb": round(peak_memory_mb(self.info.device), 1),
                 "throughput": getattr(self, "throughput", None),
