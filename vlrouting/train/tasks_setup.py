@@ -58,6 +58,7 @@ def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
     spec = cfg.model.data_spec()  # the one source of the data shapes the model needs
     stores: dict = {}
     for name, task in tasks.items():
+        task.check_data(root, spec)
         for split in splits_used(cfg):
             records = task.load_records(root, split)
             limit = cfg.data.limit_train if split == "train" else cfg.data.limit_eval
