@@ -7,7 +7,8 @@ learning rate where the paper gives one. Improvements over a baseline are never 
 values (several printed deltas of the routing-functions paper are arithmetic slips).
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
-``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks).
+``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vit_roberta`` — Tables 1, 2, 3, B2, B4 (ViT+RoBERTa,
+VQAv2).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
-ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart",)
+ROW_MODULES: tuple[str, ...] = (
+    "vlrouting.paper_results.clip_bart",
+    "vlrouting.paper_results.vit_roberta",
+)
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
