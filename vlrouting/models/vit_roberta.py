@@ -14,8 +14,8 @@ reference/routing_official_spec.md:
   or two adapters per layer (after the attention output and the FFN output). Each sub-layer's dropout is folded
   into its dense layer (:class:`DenseDropout`), so an adapter wrapping the dense sits *after* the dropout and
   before the residual LayerNorm, as in the released code and Houlsby et al.
-- Classifier (§4.1): Linear(d → 2d) → LayerNorm → GELU → Linear(2d → A) (``classifier=mlp_ln_gelu``; 5,993,529
-  parameters at d = 768, A = 3,129), trained with the PEFT modules; HF's init N(0, 0.02), zero biases.
+- Classifier (§4.1): Linear(d → 2d) → LayerNorm → GELU → Linear(2d → A) (``classifier=mlp_ln_gelu``;
+  5,993,529 parameters at d = 768, A = 3,129), trained with the PEFT modules; HF's init N(0, 0.02), zero biases.
 
 Two recipes (``recipe``), each difference from the released code one typed switch (``None`` = the recipe's value):
 
@@ -192,12 +192,17 @@ def build_classifier(layout: str, d: int, num_answers: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, 2 * d), *mid, nn.Linear(2 * d, num_answers))
 
 
+#: Seed of the frozen random pooler of the released recipe: it is never trained, hence never saved with the PEFT
+#: weights, so it must come out the same whenever the model is rebuilt (a saved run then reloads exactly).
+POOLER_SEED = 0
+
+
 @torch.no_grad()
-def _hf_init_(module: nn.Module, std: float) -> None:
+def _hf_init_(module: nn.Module, std: float, generator: torch.Generator | None = None) -> None:
     """HF's init of new modules: Linear N(0, std) with zero bias, LayerNorm 1 / 0 (explicit: runs after loading)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            m.weight.normal_(0.0, std)
+            m.weight.normal_(0.0, std, generator=generator)
             if m.bias is not None:
                 m.bias.zero_()
         elif isinstance(m, nn.LayerNorm):
@@ -367,8 +372,9 @@ def build_vit_roberta(model_cfg: ViTRobertaConfig, peft_cfg: PeftConfig | None, 
                       tokenizer=None, device: str | torch.device | None = None) -> ViTRoberta:
     """Build ViT+RoBERTa. ``pretrained=True`` loads RoBERTa (and, online, the ViT) with ``from_pretrained``;
     ``pretrained=False`` builds the packaged architectures without weights on ``device`` (``meta`` for counting).
-    The released recipe's pooler is kept as loaded where the checkpoint has one, else drawn N(0, 0.02) from the
-    global RNG (the trainer seeds it with ``train.seed``), as roberta-base's missing pooler was; it never trains."""
+    The released recipe's pooler is kept as loaded where the checkpoint has one, else drawn N(0, 0.02) as
+    roberta-base's missing pooler was — from a generator seeded with :data:`POOLER_SEED`, not the global RNG: it
+    never trains and is not saved with the PEFT weights, so every rebuild must draw the same values."""
     from transformers import RobertaConfig, RobertaModel
 
     from vlrouting.models.arch import hf_config
@@ -383,7 +389,8 @@ def build_vit_roberta(model_cfg: ViTRobertaConfig, peft_cfg: PeftConfig | None, 
             raise DataError(f"cannot load the backbone '{model_cfg.backbone}' ({exc.__class__.__name__}); give a "
                             "local folder saved with save_pretrained or a reachable hub name.") from None
         if pooler and any("pooler" in k for k in info.get("missing_keys", ())):
-            _hf_init_(roberta.pooler, roberta.config.initializer_range)
+            _hf_init_(roberta.pooler, roberta.config.initializer_range,
+                      generator=torch.Generator().manual_seed(POOLER_SEED))
         vit = load_vit(model_cfg.vit) if model_cfg.features == "online" else None
         model = ViTRoberta(roberta, vit, model_cfg, peft_cfg)
     else:

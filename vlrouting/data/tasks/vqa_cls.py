@@ -207,7 +207,8 @@ def soft_breakdown(predictions: Mapping, records: Sequence[Mapping]) -> dict:
     sums = {k: [0.0, 0] for k in ANSWER_TYPE_KEYS + GROUP_KEYS}
     for rec in records:
         score = float((rec.get("label") or {}).get(preds.get(id_key(rec["question_id"])), 0.0))
-        keys = [rec.get("answer_type")] + [g for g, types in QUESTION_GROUPS.items() if rec.get("question_type") in types]
+        qtype = rec.get("question_type")
+        keys = [rec.get("answer_type")] + [g for g, types in QUESTION_GROUPS.items() if qtype in types]
         for key in keys:
             if key in sums:
                 sums[key][0] += score
