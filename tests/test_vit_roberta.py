@@ -463,3 +463,41 @@ def test_a_short_run_beats_the_majority_answer_and_reloads(bench, tmp_path):
         b = task.collate([ds[j] for j in range(i, min(i + 32, len(ds)))])
         preds.update(zip(b["ids"], model.predict(task, b, bench["tok"])))
     assert task.evaluate(preds, ds)["accuracy"] == score
+
+
+# ------------------------------------------------------------------------------------------------ paper rows
+#: The improvements Tables 1 and B2 print (r = 64 LoRA, r = 64 Adapter, r = 128 LoRA, r = 128 Adapter), routings in
+#: the order mul, add, proj, expand; B2: proj with x_R = vis. [CLS], noise, ones. The one slip is marked.
+PRINTED_TABLE1 = {("lora", 64): (9.36, 8.45, 9.73, 10.06), ("adapter", 64): (8.62, 9.78, 10.32, 10.80),
+                  ("lora", 128): (10.41, 8.43, 8.64, 7.43), ("adapter", 128): (8.73, 9.67, 10.78, 10.10)}
+PRINTED_B2 = {"lora": (9.73, -0.35, 1.44), "adapter": (10.32, -0.68, -19.74)}
+
+
+def test_paper_rows_derive_the_printed_improvements_and_repeat_each_other():
+    from vlrouting.paper_results import PAPER_ROWS
+
+    slips = []
+    for (peft, r), printed in PRINTED_TABLE1.items():
+        base = PAPER_ROWS[f"table1/{peft}_r{r}/none"].values["vqa_cls"]
+        for routing, delta in zip(("mul", "add", "proj", "expand"), printed):
+            derived = round(PAPER_ROWS[f"table1/{peft}_r{r}/{routing}"].values["vqa_cls"] - base, 2)
+            if derived != delta:
+                slips.append((peft, r, routing, delta, derived))
+    assert slips == [("lora", 128, "mul", 10.41, 9.41)]  # 53.86 − 44.45
+    for peft, printed in PRINTED_B2.items():
+        base = PAPER_ROWS[f"tableb2/{peft}_r64/none"].values["vqa_cls"]
+        for suffix, delta in zip(("", "_noise", "_ones"), printed):
+            assert round(PAPER_ROWS[f"tableb2/{peft}_r64/proj{suffix}"].values["vqa_cls"] - base, 2) == delta
+    for peft in ("lora", "adapter"):
+        for routing in ("none", "mul", "add", "proj", "expand"):
+            t1 = PAPER_ROWS[f"table1/{peft}_r128/{routing}"].values["vqa_cls"]
+            assert PAPER_ROWS[f"table2/{peft}_r128/{routing}"].values["vqa_cls"] == t1
+            assert PAPER_ROWS[f"table3/{peft}_r128/{routing}"].values["vqa_cls"] == t1
+            b4 = PAPER_ROWS[f"tableb4/vit_b16_roberta_base/{routing}"].values["vqa_cls"]
+            assert b4 == PAPER_ROWS[f"table1/adapter_r64/{routing}"].values["vqa_cls"]
+    assert PAPER_ROWS["table2/adapter_r128/proj"].values == {
+        "vqa_cls": 55.06, "vqa_cls.yes/no": 74.09, "vqa_cls.number": 33.59, "vqa_cls.other": 45.99}
+    assert PAPER_ROWS["table3/lora_r128/mul"].values == {
+        "vqa_cls": 53.86, "vqa_cls.where": 35.70, "vqa_cls.color": 51.69, "vqa_cls.time": 23.07,
+        "vqa_cls.person": 62.74}
+    assert PAPER_ROWS["tableb4/vit_l16_roberta_large/expand"].values == {"vqa_cls": 55.92}
