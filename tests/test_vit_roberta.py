@@ -501,3 +501,25 @@ def test_paper_rows_derive_the_printed_improvements_and_repeat_each_other():
         "vqa_cls": 53.86, "vqa_cls.where": 35.70, "vqa_cls.color": 51.69, "vqa_cls.time": 23.07,
         "vqa_cls.person": 62.74}
     assert PAPER_ROWS["tableb4/vit_l16_roberta_large/expand"].values == {"vqa_cls": 55.92}
+
+
+def test_online_mode_runs_the_frozen_vit_on_the_images_like_the_extractor(bench, batch):
+    """features=online: the images go through the same preprocessing and the frozen ViT inside the model; x_R
+    equals the offline vectors up to their float16 rounding, and the ViT neither trains nor is saved."""
+    from vlrouting.data.tasks import get_task
+
+    b_off, _ = batch
+    cfg = tiny_cfg(bench, **{"model.features": "online"})
+    spec = cfg.model.data_spec()
+    assert (spec.feature_kind, spec.feat_dim) == ("images", 3)
+    task = get_task("vqa_cls")
+    ds = task.build_dataset(bench["root"], "train", bench["tok"], limit=6, spec=spec)
+    b_on = task.collate([ds[i] for i in range(6)])
+    assert b_on["vis_feats"].shape == (6, 224, 224, 3) and b_on["ids"] == b_off["ids"]
+    model = tiny_model(cfg).train()
+    assert not model.vit.training and not any(p.requires_grad for p in model.vit.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model.visual(b_on), b_off["vis_feats"], rtol=0, atol=1e-3)
+    offline = tiny_model(tiny_cfg(bench))
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == \
+        sorted(n for n, p in offline.named_parameters() if p.requires_grad)
