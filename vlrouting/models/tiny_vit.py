@@ -51,33 +51,23 @@ def scene_labels(scene) -> np.ndarray:
     return np.asarray([name in present for name in label_names()], dtype=np.float32)
 
 
-class _SceneStream(torch.utils.data.IterableDataset):
-    """Batches of (pixels (B, 3, 224, 224), labels (B, 47)) rendered on the fly from one seed."""
+def render_pool(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` labelled scenes rendered once: pixels (n, 3, 224, 224) through the ViT preprocessing, labels (n, 47).
+    Rendering costs about as much as a training step of the tiny ViT, so the warm-up draws its batches from a
+    fixed pool (epochs over it) instead of rendering every batch."""
+    from vlrouting.data.synthetic import labelled_scenes
+    from vlrouting.models.vit import load_image
 
-    def __init__(self, n_batches: int, batch_size: int, seed: int):
-        self.n_batches, self.batch_size, self.seed = n_batches, batch_size, seed
-
-    def __iter__(self):
-        from vlrouting.data.synthetic import labelled_scenes
-        from vlrouting.models.vit import load_image
-
-        stream = labelled_scenes(self.n_batches * self.batch_size, self.seed)
-        for _ in range(self.n_batches):
-            pixels, labels = [], []
-            for jpeg, scene in (next(stream) for _ in range(self.batch_size)):
-                pixels.append(load_image(io.BytesIO(jpeg)))
-                labels.append(torch.from_numpy(scene_labels(scene)))
-            yield torch.stack(pixels), torch.stack(labels)
-
-
-def _batches(n_batches: int, batch_size: int, seed: int, workers: int):
-    return torch.utils.data.DataLoader(_SceneStream(n_batches, batch_size, seed), batch_size=None,
-                                       num_workers=workers, prefetch_factor=4 if workers else None)
+    pixels, labels = [], []
+    for jpeg, scene in labelled_scenes(n, seed):
+        pixels.append(load_image(io.BytesIO(jpeg)))
+        labels.append(torch.from_numpy(scene_labels(scene)))
+    return torch.stack(pixels), torch.stack(labels)
 
 
 def warmup_tiny_vit(out_dir: str | Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, patch: int = 16,
                     steps: int = 300, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, eval_images: int = 256,
-                    workers: int = 1, log=print) -> dict:
+                    pool: int = 1024, log=print) -> dict:
     """Train a tiny ViT on labelled scenes and ``save_pretrained`` it to ``out_dir``; returns its held-out scores
     (per-label accuracy and the share of scenes whose 18 colour-shape labels are all right)."""
     from transformers import ViTModel
@@ -94,8 +84,13 @@ def warmup_tiny_vit(out_dir: str | Path, *, hidden: int = 64, layers: int = 2, h
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10 %, then linear decay to 0
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
     t0 = time.perf_counter()
+    train_x, train_y = render_pool(pool, seed)
+    log(f"tiny ViT warm-up: {pool} scenes rendered ({time.perf_counter() - t0:.0f}s)")
+    order = torch.Generator().manual_seed(seed)
     vit.train()
-    for step, (x, y) in enumerate(_batches(steps, batch_size, seed, workers), 1):
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, pool, (batch_size,), generator=order)
+        x, y = train_x[idx], train_y[idx]
         loss = nn.functional.binary_cross_entropy_with_logits(head(vit(pixel_values=x).pooler_output), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,14 +100,16 @@ def warmup_tiny_vit(out_dir: str | Path, *, hidden: int = 64, layers: int = 2, h
             log(f"tiny ViT warm-up step {step}/{steps}: loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
     vit.eval()
     correct = pairs = n = 0
+    held_x, held_y = render_pool(eval_images, seed + 10_000)  # scenes never trained on
     with torch.no_grad():
-        for x, y in _batches(-(-eval_images // batch_size), batch_size, seed + 10_000, workers):
+        for i in range(0, eval_images, batch_size):
+            x, y = held_x[i:i + batch_size], held_y[i:i + batch_size]
             pred = (head(vit(pixel_values=x).pooler_output) > 0).float()
             correct += (pred == y).float().sum().item()
             pairs += (pred[:, :18] == y[:, :18]).all(dim=1).float().sum().item()
             n += y.shape[0]
     metrics = {"label_accuracy": round(correct / (n * y.shape[1]), 4), "colour_shape_exact": round(pairs / n, 4),
-               "eval_images": n, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+               "eval_images": n, "pool": pool, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                "hidden": hidden, "layers": layers, "heads": heads, "patch": patch,
                "seconds": round(time.perf_counter() - t0, 1)}
     out = Path(out_dir)
@@ -136,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=1, help="processes rendering the scenes")
+    ap.add_argument("--pool", type=int, default=1024, help="scenes rendered once and trained on (epochs over them)")
     args = ap.parse_args(argv)
     m = warmup_tiny_vit(args.out, hidden=args.hidden, layers=args.layers, heads=args.heads, patch=args.patch,
                         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        workers=args.workers)
+                        pool=args.pool)
     print(f"tiny ViT (d {args.hidden}, {args.layers} layers, patch {args.patch}) saved to {args.out}: held-out label "
           f"accuracy {m['label_accuracy']:.3f}, all 18 colour-shape labels right on {m['colour_shape_exact']:.3f} of "
           f"{m['eval_images']} scenes ({m['seconds']}s)")
