@@ -13,10 +13,11 @@ import yaml
 from vlrouting import aggregate
 from vlrouting.__main__ import main as cli_main
 from vlrouting.errors import ConfigError, DataError
-from vlrouting.paper_results import COLUMNS, PAPER_ROWS, TASKS, get_paper_row
-from vlrouting.paper_results.clip_bart import ROWS as CLIP_BART_ROWS
+from vlrouting.paper_results import COLUMNS, PAPER_ROWS, TASKS, clip_bart, get_paper_row, vladapter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The four-task CLIP-BART rows (Tables 7, 8, C7 and VL-Adapter's Table 1); other settings have other columns.
+VL4_ROWS = {**clip_bart.ROWS, **vladapter.ROWS}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "vlrouting" / "configs"
 
 
@@ -24,7 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "vlrouting" / "configs"
 def test_paper_avg_is_mean_of_four_tasks():
     # Avg. is printed as the mean of the four columns; a transcription typo shows up here. Tables 7/8 round the
     # mean of the printed numbers; C7 means are over unrounded seeds, so allow one more rounding step there.
-    for key, row in CLIP_BART_ROWS.items():
+    for key, row in VL4_ROWS.items():
         mean = sum(row.values[t] for t in TASKS) / 4
         tol = (1.0 if row.table == "Table C7" else 0.5) * 10 ** -row.decimals + 1e-9
         assert abs(row.values["avg"] - mean) <= tol, (key, row.values["avg"], mean)
@@ -43,6 +44,9 @@ def test_paper_rows_spot_checks():
     assert base.baseline and base.decimals == 1 and base.format("vqa") == "65.4" and "VL-Adapter" in base.source
     c7 = get_paper_row("tablec7/single_adapter/proj")
     assert c7.format("avg") == "77.87 ± 0.18" and c7.n_seeds == 3
+    hyper = get_paper_row("vladapter_table1/hyperformer/none")
+    assert hyper.values == {"vqa": 65.1, "gqa": 53.4, "nlvr": 72.3, "caption": 114.6, "avg": 76.4}
+    assert hyper.baseline and hyper.trainable_percent == 5.79 and "VL-Adapter" in hyper.source
     with pytest.raises(ConfigError, match="unknown paper_row 'table9/x'"):
         get_paper_row("table9/x")
 
@@ -55,9 +59,9 @@ def test_paper_rows_cross_consistent():
     assert PAPER_ROWS["tablec7/single_adapter/none"].std["avg"] == 0.25
     assert PAPER_ROWS["tablec7/single_lora/proj"].std["avg"] == 0.11
     assert PAPER_ROWS["tablec7/single_adapter/proj"].std["avg"] == 0.18
-    assert len(CLIP_BART_ROWS) == 12 + 9 + 4
-    assert len(PAPER_ROWS) == len(CLIP_BART_ROWS) + 20 + 10 + 10 + 8 + 10  # + ViT+RoBERTa: Tables 1, 2, 3, B2, B4
-    for row in CLIP_BART_ROWS.values():
+    assert len(VL4_ROWS) == 12 + 9 + 4 + 4  # Tables 7, 8, C7; VL-Adapter's Table 1 rows of issue 16
+    assert set(VL4_ROWS) <= set(PAPER_ROWS)
+    for row in VL4_ROWS.values():
         assert set(row.values) == set(COLUMNS)
         assert row.baseline == (row.routing == "none")
 

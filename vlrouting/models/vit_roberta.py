@@ -40,8 +40,8 @@ position, token type 0 and the embedding LayerNorm, the text the next positions)
 token, standard (residual) adapters, only the PEFT modules and the classifier trained, a fresh order each epoch,
 the official VQA accuracy as headline. Not switches (the same in both): routing replaces the plain bottleneck
 path, x_t and x_v share W_down (bias included), LoRA α = r and dropout 0 (set in the configs), the released
-scripts' omission of ``--use_routing`` (§6.11: we route when routing is configured). ``x_r`` replaces the routing
-input (not the prefix) by fresh noise or ones each forward — Table B2's ablation (§1.7).
+scripts' omission of ``--use_routing`` (§6.11: we route when routing is configured). Table B2's ablation (§1.7) is
+``peft.x_r_replace=noise|ones``: it replaces the x_R this model puts into the routing state, never the prefix.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ FeatureSource = Literal["offline", "online"]
 ClassifierInput = Literal["cls", "prefix_pooler"]
 ClassifierLayout = Literal["mlp_ln_gelu", "mlp_gelu_ln", "linear"]
 Headline = Literal["official", "soft"]
-XR = Literal["vit", "noise", "ones"]
 
 #: Each released-code quirk: switch → (paper recipe, released recipe). One entry per item of spec §6 that applies.
 RECIPE_SWITCHES: dict[str, tuple[Any, Any]] = {
@@ -76,8 +75,7 @@ RECIPE_SWITCHES: dict[str, tuple[Any, Any]] = {
 }
 RECIPES = ("paper", "released")
 _CHOICES = {"recipe": RECIPES, "features": ("offline", "online"), "classifier_input": ("cls", "prefix_pooler"),
-            "classifier": ("mlp_ln_gelu", "mlp_gelu_ln", "linear"), "headline": ("official", "soft"),
-            "x_r": ("vit", "noise", "ones")}
+            "classifier": ("mlp_ln_gelu", "mlp_gelu_ln", "linear"), "headline": ("official", "soft")}
 PREFIX_TOKENS = 1  # the one-token visual prefix
 
 
@@ -104,7 +102,6 @@ class ViTRobertaConfig(FamilyConfig):
     train_layer_norms: bool | None = None
     reshuffle_each_epoch: bool | None = None
     headline: Headline | None = None
-    x_r: XR = "vit"
     dropout: float | None = None  # override RoBERTa's hidden and attention dropout (None keeps the backbone's)
     gradient_checkpointing: bool = False
 
@@ -287,12 +284,8 @@ class ViTRoberta(FamilyModel):
     def encode(self, batch: Mapping[str, Any]):
         """RoBERTa over [prefix ; question]; sets the task and x_R in the routing state."""
         prefix = self.visual(batch)
-        x_r = prefix
-        if self.model_cfg.x_r == "noise":  # Table B2: only the routing input is replaced, fresh per forward
-            x_r = torch.randn_like(prefix)
-        elif self.model_cfg.x_r == "ones":
-            x_r = torch.ones_like(prefix)
-        self.routing_state.set(batch.get("task"), encoder=x_r)
+        # x_R is the prefix itself; peft.x_r_replace (Table B2) swaps it inside the routing state only
+        self.routing_state.set(batch.get("task"), encoder=prefix)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         emb = self.roberta.embeddings
         # released: the text is embedded completely (positions from its ids, LN, dropout), then the whole

@@ -8,19 +8,21 @@ Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF mo
   (``<vis_extra_id_k>`` ↦ row V−1−k).
 - Encoder input (§3.3): [text ; visual]. Text gets BART's learned positions and ``layernorm_embedding``;
   visual tokens get neither. Dropout on the concatenation, then BART's own encoder layers. Mask = text mask
-  followed by ones.
+  followed by ones. A PEFT owner with ``encoder_prefix`` (prompt tuning) puts its embeddings before the text,
+  without positions but through ``layernorm_embedding``, and its mask before the text mask.
 - PEFT modules with routing (:mod:`vlrouting.peft`) and the two x_R sources of the paper (§5.1, Fig. 6):
   ``encoder`` — the last encoder hidden state mean-pooled over valid positions, fed to the decoder's modules;
   ``visual`` — the projected visual tokens, pooled, fed to encoder and decoder modules.
   The decoder's x_R is computed in a forward pre-hook on the BART decoder from the ``encoder_hidden_states``
-  it receives, so it follows ``generate``'s beam expansion automatically (DESIGN §9).
+  it receives, so it follows ``generate``'s beam expansion automatically (DESIGN §9). ``peft.x_r_replace``
+  (Table B2) needs nothing here: the routing state replaces x_R where it is written (:mod:`vlrouting.peft.state`).
 - Trainable sets (§3.9): always the visual embedding; adapters + every LayerNorm; LoRA + every bias; full
   fine-tuning trains everything.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -47,7 +49,7 @@ class ModelConfig(FamilyConfig):
     family: str = "clip_bart"
     backbone: str = "facebook/bart-base"
     tokenizer: str | None = None
-    arch: str = "bart-base"  # packaged architecture config, used to count parameters without weights
+    arch: str = "bart-base"  # packaged architecture (bart-base, bart-tiny) for builds without weights (counting)
     feat_dim: int = 2048
     n_boxes: int = 36
     n_images: int = 2
@@ -68,6 +70,10 @@ class ModelConfig(FamilyConfig):
     def route_sides(self) -> list[str]:
         """DESIGN §4: x_R from the ``encoder`` feeds the decoder's modules only; ``visual`` x_R feeds both sides."""
         return ["decoder"] if self.x_r_source == "encoder" else ["encoder", "decoder"]
+
+    def tiny(self) -> "ModelConfig":
+        """The packaged ``bart-tiny`` architecture: bart-base's structure and vocabulary at d_model 32, 2+2 layers."""
+        return replace(self, arch="bart-tiny")
 
 
 #: The name every other module uses for this family's config section.
@@ -139,10 +145,18 @@ class VLBart(FamilyModel):
         input_ids, text_mask = batch["input_ids"], batch["attention_mask"]
         feats = batch["vis_feats"]
         text = enc.embed_tokens(input_ids)
-        text = enc.layernorm_embedding(text + enc.embed_positions(input_ids).to(text.dtype))
+        text = text + enc.embed_positions(input_ids).to(text.dtype)
+        prefix = getattr(getattr(self, "peft_owner", None), "encoder_prefix", None)  # e.g. prompt tuning (§3.3)
+        if prefix is not None:  # prepended without positions, through the embedding LayerNorm like the text
+            embeds, prefix_mask = prefix(batch.get("task"), input_ids.shape[0])
+            text = torch.cat([embeds.to(text.dtype), text], dim=1)
+            text_mask = torch.cat([prefix_mask.to(text_mask.dtype), text_mask], dim=1)
+        text = enc.layernorm_embedding(text)
         vis = self.visual_embedding(feats.to(text.dtype), batch["img_order_ids"], batch["obj_order_ids"])
         x_r_vis = vis.mean(dim=1, keepdim=True) if self.model_cfg.x_r_source == "visual" else None
-        self.routing_state.set(batch.get("task"), encoder=x_r_vis, decoder=x_r_vis)
+        # batch_size: a replaced x_R (peft.x_r_replace) gets one row per example, even though the decoder hook
+        # writes x_R from beam-expanded encoder states
+        self.routing_state.set(batch.get("task"), batch_size=input_ids.shape[0], encoder=x_r_vis, decoder=x_r_vis)
         hidden = nn.functional.dropout(torch.cat([text, vis], dim=1), p=enc.dropout, training=self.training)
         mask = torch.cat([text_mask, text_mask.new_ones(vis.shape[:2])], dim=1)
         attn = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=mask)
@@ -219,7 +233,8 @@ def packaged_arch_config(name: str):
     else:
         res = resources.files("vlrouting.configs").joinpath(f"arch/{name}.json")
         if not res.is_file():
-            raise ConfigError(f"unknown architecture config '{name}'; use 'bart-base' or a path to a config.json.")
+            raise ConfigError(f"unknown architecture config '{name}'; use 'bart-base', 'bart-tiny' or a path to a "
+                              "config.json.")
         data = json.loads(res.read_text())
     data.pop("_comment", None)
     data.pop("model_type", None)

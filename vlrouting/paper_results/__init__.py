@@ -7,8 +7,10 @@ learning rate where the paper gives one. Improvements over a baseline are never 
 values (several printed deltas of the routing-functions paper are arithmetic slips).
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
-``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vit_roberta`` — Tables 1, 2, 3, B2, B4 (ViT+RoBERTa,
-VQAv2).
+``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
+baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``vit_roberta`` —
+Tables 1, 2, 3, B4 (ViT+RoBERTa, VQAv2); ``ablations`` — Tables 6 and B2 of the ViT families (and Table B3's
+inference times as plain data).
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from dataclasses import dataclass
 from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
-ROW_MODULES: tuple[str, ...] = (
-    "vlrouting.paper_results.clip_bart",
-    "vlrouting.paper_results.vit_roberta",
-)
+ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
+                                 "vlrouting.paper_results.vit_roberta", "vlrouting.paper_results.ablations")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -48,15 +48,17 @@ class PaperRow:
     routing_per_task: dict[str, str] | None = None  # Table 8's check-mark / combination columns
     trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
     note: str = ""
+    column_decimals: dict[str, int] | None = None  # per-column digits where a row mixes them (Table 6)
 
     def format(self, column: str, with_std: bool = True) -> str:
         """The cell as the paper prints it, e.g. ``65.76`` or ``65.76 ± 0.28``; ``""`` for a missing column."""
         value = self.values.get(column)
         if value is None:
             return ""
-        text = f"{value:.{self.decimals}f}"
+        digits = (self.column_decimals or {}).get(column, self.decimals)
+        text = f"{value:.{digits}f}"
         if with_std and self.std and column in self.std:
-            text += f" ± {self.std[column]:.{self.decimals}f}"
+            text += f" ± {self.std[column]:.{digits}f}"
         return text
 
     def to_dict(self) -> dict:
@@ -66,6 +68,7 @@ class PaperRow:
             "decimals": self.decimals, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
             "trainable_percent": self.trainable_percent, "note": self.note,
+            "column_decimals": dict(self.column_decimals) if self.column_decimals else None,
         }
 
 

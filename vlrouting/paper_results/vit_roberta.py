@@ -1,4 +1,5 @@
-"""The routing-functions paper's ViT+RoBERTa VQAv2 numbers (Tables 1, 2, 3, B2, B4) as data.
+"""The routing-functions paper's ViT+RoBERTa VQAv2 numbers (Tables 1, 2, 3, B4) as data (Table B2's x_R
+replacements are with the other ablations in :mod:`vlrouting.paper_results.ablations`).
 
 Every printed row is one :class:`PaperRow`, values keyed by the ``vqa_cls`` task's column keys
 (:meth:`vlrouting.data.tasks.vqa_cls.VQAClsTask.columns`): ``vqa_cls`` (the printed accuracy, "all"),
@@ -10,7 +11,6 @@ Key scheme (the ``paper_row`` of the ``vit_roberta_*`` configs)::
     table1/<peft>_r<r>/<routing>        Table 1: lora_r64, adapter_r64, lora_r128, adapter_r128
     table2/<peft>_r128/<routing>        Table 2: all + answer types (r = 128)
     table3/<peft>_r128/<routing>        Table 3: all + question groups (r = 128)
-    tableb2/<peft>_r64/<routing>[_noise|_ones]   Table B2: x_R replaced by noise / ones (model.x_r)
     tableb4/<backbones>/<routing>       Table B4: Adapter r = 64; vit_b16_roberta_base, vit_l16_roberta_large
 
 ``routing`` by registry name: ``none``, ``mul`` = x_t ∘ x'_v, ``add`` = x_t + x'_v, ``proj`` = x_t (x_v)ᵀ x_v,
@@ -23,11 +23,11 @@ Faithfulness notes:
   accuracy. Table 2's "all" is, up to rounding, the mean of its three answer types weighted 0.380 / 0.127 / 0.492
   (a least-squares fit over its 10 rows leaves residuals ≤ 0.004), so its breakdowns use the same score as "all".
 - Tables 2 and 3 are the r = 128 columns of Table 1 broken down ("all" equals Table 1's value in every row); Table
-  B4's ViT-B row and Table B2's None / x_t(x_v)ᵀx_v rows repeat Table 1's r = 64 values.
-- Improvements are never stored; derive them from the values. Every printed delta (Tables 1 and B2) was checked
+  B4's ViT-B row repeats Table 1's Adapter r = 64 values.
+- Improvements are never stored; derive them from the values. Every printed delta of Table 1 was checked
   against the values (``tests/test_vit_roberta.py``). One is an arithmetic slip:
   Table 1, LoRA r = 128, x_t ∘ x'_v: printed +10.41, but 53.86 − 44.45 = +9.41.
-  All other printed deltas of Tables 1 and B2 agree with the values.
+  All other printed deltas of Table 1 agree with the values (Table B2's too).
 - The paper prints no parameter counts for these tables (``trainable_percent`` is None); ours are in the README.
 """
 
@@ -65,8 +65,6 @@ TABLE3 = {
                 (53.95, 37.08, 52.08, 21.66, 63.76), (55.06, 36.92, 53.66, 24.44, 63.85),
                 (54.38, 35.64, 52.77, 21.85, 62.50)),
 }
-# Table B2 (r = 64): x_R = none (no routing), the visual [CLS], random noise, ones; routing x_t (x_v)ᵀ x_v.
-TABLEB2 = {"lora": (44.15, 53.88, 43.80, 45.59), "adapter": (44.16, 54.48, 43.48, 24.42)}
 # Table B4 (Adapter r = 64), printed in the order None, x_t(x_v)ᵀx_v, x_t ∘ x'_v, x_t + x'_v, x_t x''_v.
 TABLEB4 = {
     ("vit_b16_roberta_base", "ViT-B/16 + RoBERTa-base"): {"none": 44.16, "proj": 54.48, "mul": 52.78, "add": 53.94,
@@ -100,17 +98,6 @@ def _rows() -> dict[str, PaperRow]:
             add(f"table3/{peft}_r128/{routing}", table="Table 3", block=f"{_peft_name(peft)}, r = 128",
                 label=LABEL[routing], routing=routing,
                 values={TASK: all_, **{f"{TASK}.{k}": v for k, v in zip(GROUPS, groups)}})
-    for peft, (none, cls, noise, ones) in TABLEB2.items():
-        block = f"{_peft_name(peft)}, r = 64"
-        add(f"tableb2/{peft}_r64/none", table="Table B2", block=block, label="None (x_R: none)", routing="none",
-            values={TASK: none})
-        add(f"tableb2/{peft}_r64/proj", table="Table B2", block=block, label="x_t (x_v)ᵀ x_v, x_R = vis. [CLS]",
-            routing="proj", values={TASK: cls})
-        add(f"tableb2/{peft}_r64/proj_noise", table="Table B2", block=block,
-            label="x_t (x_v)ᵀ x_v, x_R = random noise", routing="proj", values={TASK: noise},
-            note="model.x_r=noise")
-        add(f"tableb2/{peft}_r64/proj_ones", table="Table B2", block=block, label="x_t (x_v)ᵀ x_v, x_R = ones",
-            routing="proj", values={TASK: ones}, note="model.x_r=ones")
     for (key, block), values in TABLEB4.items():
         for routing in ROUTINGS:
             add(f"tableb4/{key}/{routing}", table="Table B4", block=f"Adapter, r = 64, {block}",

@@ -100,6 +100,12 @@ class VQAClsDataset(TaskDataset):
             "label2ans": self.label2ans,  # a reference to one tuple: lets predict() return answer strings
         }
 
+    def __getitems__(self, indices) -> list[dict]:
+        """The examples of ``indices`` one by one (the DataLoader's batch read): the soft-label targets draw
+        nothing per epoch and a pooled vector is one 1 × d row (or an image online), so the batched read of the
+        generation tasks has nothing to gain here."""
+        return [self[int(i)] for i in indices]
+
 
 @dataclass(frozen=True)
 class VQAClsTask(VQATask):
