@@ -524,3 +524,28 @@ def test_online_mode_runs_the_frozen_vit_on_the_images_like_the_extractor(bench,
     offline = tiny_model(tiny_cfg(bench))
     assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == \
         sorted(n for n, p in offline.named_parameters() if p.requires_grad)
+
+
+def test_x_r_replace_ones_replaces_the_routing_input_not_the_prefix(bench, batch):
+    """Table B2 through peft.x_r_replace: the LoRA path routes with x_R = ones, the prefix stays the ViT vector."""
+    b, _ = batch
+    model = tiny_model(tiny_cfg(bench, "vit_roberta_vqa_lora_r64_proj", **{"peft.x_r_replace": "ones"}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0.0, 0.5)
+        wrapper = model.roberta.encoder.layer[0].attention.self.query
+        seen, handle = _capture(wrapper)
+        out = model.encode(b)
+        handle.remove()
+        base, block = wrapper.base_layer, wrapper.peft_block
+        x = seen["x"]
+        emb = model.roberta.embeddings  # the prefix is still the ViT vector: layer 0 sees [x_v ; question]
+        want = emb(inputs_embeds=torch.cat([b["vis_feats"], emb.word_embeddings(b["input_ids"])], dim=1))
+        torch.testing.assert_close(x, want)
+        z = _route_by_hand("proj", x @ block.lora_A.T, torch.ones_like(b["vis_feats"]) @ block.lora_A.T)
+        torch.testing.assert_close(seen["y"], x @ base.weight.T + base.bias + z @ block.lora_B.T, rtol=1e-5,
+                                   atol=1e-5)
+        plain = tiny_model(tiny_cfg(bench, "vit_roberta_vqa_lora_r64_proj"))
+        plain.load_state_dict(model.state_dict())
+        assert (plain.encode(b).last_hidden_state - out.last_hidden_state).abs().max() > 1e-4
