@@ -338,6 +338,12 @@ def test_official_and_soft_scores_by_hand(headline):
         want = {"yes/no": 0.0, "number": 0.0, "other": 80.0, "where": 100.0, "color": 60.0, "time": None,
                 "person": 0.0}
     assert m["breakdown"] == want
+    # the 2021 revision of vqaEval.py also normalises the answers: "two" → "2" matches either way, so only the
+    # run option must reach the evaluator (train.vqa_eval_version sets the task's eval_version)
+    import dataclasses
+
+    m21 = dataclasses.replace(task, eval_version="2021").evaluate(preds, ds)
+    assert m21["overall"] == 62.5 and (m["version"], m21["version"]) == ("2017", "2021")
     cols = task.columns()
     assert [c.key for c in cols] == ["vqa_cls", "vqa_cls.soft", "vqa_cls.yes/no", "vqa_cls.number",
                                      "vqa_cls.other", "vqa_cls.where", "vqa_cls.color", "vqa_cls.time",

@@ -190,7 +190,7 @@ class VQAClsTask(VQATask):
         from vlrouting.evaluation.vqa import evaluate_vqa
 
         records = self.evaluation_records(dataset)
-        metrics = evaluate_vqa(predictions, records)
+        metrics = evaluate_vqa(predictions, records, version=self.eval_version)  # train.vqa_eval_version
         kind = headline_kind(getattr(dataset, "spec", None))
         if HEADLINES[kind] not in metrics:
             raise DataError(f"the {kind} score needs a soft 'label' on every {self.name} {dataset.split} record; "
