@@ -56,7 +56,13 @@ stage "6 aggregate" "$PY" -m vlrouting aggregate "${NAMES[@]}" --out "$OUT"
 echo
 "$PY" -m vlrouting baselines --root "$WORK/datasets" --out "$OUT/baselines.json" 2>&1 | grep -v '^PTBTokenizer'
 echo
-echo "Warm-ups: ViT $(cat "$WORK/vit/warmup.json" | "$PY" -c 'import json,sys; m=json.load(sys.stdin); print(f"held-out label accuracy {m[\"label_accuracy\"]:.3f}")'); RoBERTa $(cat "$WORK/roberta/warmup.json" | "$PY" -c 'import json,sys; m=json.load(sys.stdin); print(f"held-out masked-token accuracy {m[\"masked_token_accuracy\"]:.3f}")')"
+"$PY" - "$WORK" <<'PYEOF'
+import json, sys
+vit = json.load(open(f"{sys.argv[1]}/vit/warmup.json"))
+rob = json.load(open(f"{sys.argv[1]}/roberta/warmup.json"))
+print(f"Warm-ups: ViT held-out label accuracy {vit['label_accuracy']:.3f}; "
+      f"RoBERTa held-out masked-token accuracy {rob['masked_token_accuracy']:.3f}")
+PYEOF
 echo "Stage times (2 CPU cores):"
 printf '  %s\n' "${TIMES[@]}"
 echo "  total                                      $(( $(date +%s) - T0 ))s"
