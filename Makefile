@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-readme install clean
+.PHONY: test demo demo-vit demo-readme install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
+demo-vit: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo_vit.sh
+
 demo-readme: demo
 	$(PY) -m vlrouting demo-report snap/demo --readme README.md
 
 clean:
-	rm -rf $(VENV) snap/demo
+	rm -rf $(VENV) snap/demo snap/demo_vit

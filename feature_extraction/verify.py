@@ -7,6 +7,8 @@ single file, with a square token count (36 or 49), one
 feature dimension throughout, a float16/float32 dtype and no NaN/Inf; and that our per-split files in the folder come
 from the same network (equal ``model_fingerprint``). Prints a one-line verdict (``OK: ...`` / ``FAIL: ...``), then
 the ids at fault; exit status 0 when everything is right, 1 otherwise (2 for unusable arguments).
+A file written by ``extract-vit`` (``format`` vlrouting-vit-*) holds the token count it declares in ``n_tokens``
+instead: 1 pooled vector, or 1 + patches tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vlrouting.errors import DataError
 from .images import referenced_ids
 
 ALLOWED_DTYPES = (np.float16, np.float32)
+CLIP_TOKENS = (36, 49)
 
 
 def verify(annotations: list[Path], features: Path, sample: int | None = None, seed: int = 0) -> tuple[bool, str, dict]:
@@ -40,12 +43,15 @@ def verify(annotations: list[Path], features: Path, sample: int | None = None, s
     shapes: Counter = Counter()
     dtypes: Counter = Counter()
     dims: Counter = Counter()
+    declared = _declared_tokens(store)
     for i in to_read:
         arr = store.raw(i)
         shapes[tuple(arr.shape)] += 1
         dtypes[str(arr.dtype)] += 1
         tokens = int(np.prod(arr.shape[:-1])) if arr.ndim >= 2 else -1
-        if arr.ndim not in (2, 3) or math.isqrt(tokens) ** 2 != tokens or tokens not in (36, 49):
+        allowed = declared.get(store.locate(i), CLIP_TOKENS)
+        square = allowed is not CLIP_TOKENS or math.isqrt(tokens) ** 2 == tokens
+        if arr.ndim not in (2, 3) or tokens not in allowed or not square:
             bad_shape.append(i)
         else:
             dims[arr.shape[-1]] += 1
@@ -81,6 +87,19 @@ def verify(annotations: list[Path], features: Path, sample: int | None = None, s
                   f"({shape_txt} {'/'.join(sorted(dtypes))}){checked}"), details
 
 
+def _declared_tokens(store: FeatureStore) -> dict[str, tuple[int, ...]]:
+    """file → the token count a ViT feature file declares (``format`` vlrouting-vit-*, attribute ``n_tokens``:
+    1 pooled vector, or 1 + patches tokens); CLIP grid files keep the square 36/49 rule."""
+    out = {}
+    for i, path in enumerate(store._files):
+        attrs = store._h5(i).attrs
+        fmt = attrs.get("format", b"")
+        fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+        if fmt.startswith("vlrouting-vit-") and "n_tokens" in attrs:
+            out[str(path)] = (int(attrs["n_tokens"]),)
+    return out
+
+
 def _fingerprints(store: FeatureStore) -> dict[str, str]:
     out = {}
     for i, path in enumerate(store._files):
@@ -94,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m feature_extraction verify",
                                 description="Check features against the image ids annotation files reference.")
     p.add_argument("--annotations", nargs="+", required=True, help="VQA/GQA/NLVR2 json files or dataset_coco.json")
-    p.add_argument("--features", required=True, help="a clip_features folder or one .h5 file")
+    p.add_argument("--features", required=True, help="a feature folder (clip_features, vit_features) or one .h5 file")
     p.add_argument("--sample", type=int, default=None, help="read the values of only N random ids (presence: all)")
     p.add_argument("--max-list", type=int, default=50, help="ids listed per problem (default 50)")
     return p

@@ -603,7 +603,13 @@ def _open_dataset(fid, img_id: str, path: Path):
 
 def open_feature_store(datasets_root, dataset: str, n_boxes: int = 36, kind: str = "clip") -> FeatureStore:
     """The store of ``<datasets_root>/<dataset>/<feature folder of kind>`` (:mod:`vlrouting.data.layout`);
-    dataset ∈ {"COCO", "VG", "GQA", "nlvr"}."""
-    from vlrouting.data.layout import feature_folder
+    dataset ∈ {"COCO", "VG", "GQA", "nlvr"}. Kind ``images`` opens the collection's image files instead
+    (:class:`vlrouting.data.images.ImageStore`, for models that run their vision encoder online)."""
+    from vlrouting.data.layout import IMAGE_KIND, feature_folder
+
+    if kind == IMAGE_KIND:
+        from vlrouting.data.images import ImageStore
+
+        return ImageStore(datasets_root, dataset)
 
     return FeatureStore(feature_folder(datasets_root, dataset, kind), n_boxes=n_boxes)

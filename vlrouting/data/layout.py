@@ -22,6 +22,9 @@ Feature kinds (one folder per kind inside a collection, one HDF5 file per featur
 - ``clip``: ``clip_features`` — CLIP RN101 grid tokens pooled 7×7 → 6×6 (36 × 2048), CLIP-BART (DESIGN §3);
 - ``vit``: ``vit_features`` — the frozen ViT's pooler output, (1, 768), the paper's §4 families (x_R and prefix);
 - ``vit_tokens``: ``vit_tokens`` — all 197 ViT last-hidden-state tokens (Table 5's cross-attention ablations).
+
+A model with its vision encoder inside (the ViT families' online mode) reads feature kind ``images`` instead:
+the collection's image files, looked up by image id in its image folders (:mod:`vlrouting.data.images`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ COLLECTIONS: dict[str, ImageCollection] = {c.folder: c for c in (
 
 #: feature kind → folder inside a collection.
 FEATURE_FOLDERS: dict[str, str] = {"clip": "clip_features", "vit": "vit_features", "vit_tokens": "vit_tokens"}
+#: The "feature kind" of a model that reads the images themselves (its frozen vision encoder runs online): the
+#: reader then looks in the collection's image folders (:attr:`ImageCollection.splits`), not in a feature folder.
+IMAGE_KIND = "images"
 
 #: The VL-Adapter annotation files, per benchmark and split (DESIGN §6; reference §1.2). Several tasks may read the
 #: same benchmark (``vqa`` with CLIP-BART's generation objective, ``vqa_cls`` with the ViT+RoBERTa classifier).
@@ -138,18 +144,28 @@ def image_folders() -> list[str]:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Every model-dependent data shape, decided once by the model family and passed to every dataset.
+    """Every model-dependent data shape and data-side choice, decided once by the model family and passed to every
+    dataset (training, preflight and evaluation).
 
-    ``feature_kind`` picks the feature folder; ``n_boxes`` the number of visual tokens per image the reader returns
-    (CLIP grids are pooled to √n_boxes × √n_boxes; pooled ViT vectors have 1); ``feat_dim`` the channel count the
-    model's visual input expects (checked against the files before training); ``max_text_positions`` guards the
-    tokenizer's output.
+    ``feature_kind`` picks the feature folder (:data:`FEATURE_FOLDERS`), or ``images`` (:data:`IMAGE_KIND`: the
+    images themselves, preprocessed for a model that runs its vision encoder online); ``n_boxes`` the number of
+    visual tokens per image the reader returns (CLIP grids are pooled to √n_boxes × √n_boxes; pooled ViT vectors
+    have 1); ``feat_dim`` the channel count the model's visual input expects (checked against the files before
+    training; 3 for images, stored channels-last); ``max_text_positions`` guards the tokenizer's output.
+    ``num_answers`` is the width of a classifier over an answer vocabulary (``classify`` tasks check their
+    ``ans2label`` file against it). ``headline`` picks, for a task that offers several headline scores, which one it
+    reports (``vqa_cls``: ``official`` or ``soft``; empty = the task's default). ``reshuffle_each_epoch=False`` keeps
+    the epoch-0 sample order in every epoch (a ``DistributedSampler`` whose ``set_epoch`` is never called, as in the
+    routing paper's released ViT+RoBERTa code).
     """
 
     feature_kind: str = "clip"
     n_boxes: int = 36
     feat_dim: int = 2048
     max_text_positions: int = 1024
+    num_answers: int | None = None
+    headline: str = ""
+    reshuffle_each_epoch: bool = True
 
 
 def check_image_folders(root: str | Path, dataset: str) -> None:

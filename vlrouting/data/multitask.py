@@ -20,6 +20,9 @@ This version keeps those semantics and makes them deterministic and resumable:
   only, not on the order of access; see :class:`~vlrouting.data.tasks.TaskDataset`).
 - ``__len__`` is the full number of batches per epoch on this rank (for schedules); after a mid-epoch resume the
   next pass yields ``len(loader) - consumed`` batches.
+- A data spec with ``reshuffle_each_epoch=False`` (every dataset's) keeps epoch 0's sample and task order in every
+  epoch, reproducing a ``DistributedSampler`` whose ``set_epoch`` is never called (the routing paper's released
+  ViT+RoBERTa code, reference/routing_official_spec.md §6.19).
 
 With ``num_workers > 0`` each task's DataLoader gets its own workers. How batches reach the main process
 (issue 17, throughput; none of it changes a batch):
@@ -126,6 +129,10 @@ class MultitaskLoader:
                                   drop_last=drop_last)
             for n, ds in self.datasets.items()
         }
+        # The datasets' data spec may ask for the epoch-0 order in every epoch (the routing paper's released code
+        # never called DistributedSampler.set_epoch); targets sampled per access still see the real epoch.
+        self.reshuffle_each_epoch = all(getattr(getattr(ds, "spec", None), "reshuffle_each_epoch", True)
+                                        for ds in self.datasets.values())
         self.epoch = 0
         self._consumed = 0      # batches of self.epoch already yielded (including skipped ones after a resume)
         self._skip = 0          # batches to skip at the next __iter__ (set by load_state_dict)
@@ -140,9 +147,13 @@ class MultitaskLoader:
             self._consumed = 0
         self.epoch = epoch
         for n, ds in self.datasets.items():
-            self.samplers[n].set_epoch(epoch)
+            self.samplers[n].set_epoch(self._order_epoch(epoch))
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
+
+    def _order_epoch(self, epoch: int) -> int:
+        """The epoch whose permutation orders ``epoch`` (itself, or 0 when the order is kept across epochs)."""
+        return epoch if self.reshuffle_each_epoch else 0
 
     def num_batches(self) -> dict[str, int]:
         """Batches per task per epoch on this rank (identical on every rank)."""
@@ -164,7 +175,7 @@ class MultitaskLoader:
         epoch = self.epoch if epoch is None else int(epoch)
         order = [n for n, k in self.num_batches().items() for _ in range(k)]
         if self.shuffle:
-            perm = np.random.default_rng((self.seed % 2**64, epoch)).permutation(len(order))
+            perm = np.random.default_rng((self.seed % 2**64, self._order_epoch(epoch))).permutation(len(order))
             order = [order[i] for i in perm]
         return order
 

@@ -183,6 +183,16 @@ def _render(scene: Scene, rng: random.Random, size: int = IMAGE_SIZE) -> bytes:
     return buf.getvalue()
 
 
+def labelled_scenes(n: int, seed: int, n_min: int = 1, n_max: int = 3):
+    """``n`` scenes drawn and rendered like the COCO images (JPEG bytes) together with their objects: image-only
+    training data for tiny vision encoders (e.g. the ViT warm-up of the ViT families' CPU demo). The stream has its
+    own seed namespace, so it never reproduces a benchmark image."""
+    rng = random.Random(f"{GENERATOR}:{seed}:labelled-scenes")
+    for _ in range(n):
+        scene = _sample_scene(rng, n_min=n_min, n_max=n_max)
+        yield _render(scene, rng), scene
+
+
 # --------------------------------------------------------------------------------------------------- text helpers
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]

@@ -10,9 +10,11 @@
   visual prefix of the language model (paper §4.1, Fig. 3). No average pooling of ViT tokens anywhere.
 - Table 5 (cross-attention ablations) uses all 197 last-hidden-state tokens instead (:func:`vit_tokens`).
 
-Offline extraction stores the pooled vector per image as ``(1, d)`` float16 under ``<DS>/vit_features/<split>.h5``
-(feature kind ``vit``) and, optionally, the tokens under ``<DS>/vit_tokens/`` (kind ``vit_tokens``); see
-:mod:`vlrouting.data.layout`.
+Offline extraction (``python -m feature_extraction extract-vit``) stores the pooled vector per image as ``(1, d)``
+float16 under ``<DS>/vit_features/<split>.h5`` (feature kind ``vit``) and, optionally, the tokens under
+``<DS>/vit_tokens/`` (kind ``vit_tokens``); see :mod:`vlrouting.data.layout`. The online mode reads the images
+themselves (feature kind ``images``, :mod:`vlrouting.data.images`) through :func:`load_image`, the same
+preprocessing the extractor uses, and runs the frozen ViT inside the model.
 """
 
 from __future__ import annotations
@@ -42,9 +44,26 @@ def tiny_vit_config(hidden_size: int = 32, num_layers: int = 2, num_heads: int =
     return ViTConfig(**cfg)
 
 
+def vit_config(name: str):
+    """The ``ViTConfig`` of ``name`` without weights: a local folder's config.json or a packaged architecture
+    (``google/vit-base-patch16-224-in21k``, ``google/vit-large-patch16-224-in21k``; :mod:`vlrouting.models.arch`)."""
+    from transformers import ViTConfig
+
+    from vlrouting.models.arch import hf_config
+
+    return hf_config(name, ViTConfig)
+
+
+def vit_width(name: str) -> int:
+    """The hidden width d of the ViT ``name`` (x_R and the prefix are (B, 1, d))."""
+    from vlrouting.models.arch import arch_dict
+
+    return int(arch_dict(name)["hidden_size"])
+
+
 def load_vit(name: str, *, pretrained: bool = True, config=None, device: str | torch.device | None = None) -> nn.Module:
     """A frozen ``ViTModel`` with its pooler: ``from_pretrained(name)`` or, with ``pretrained=False``, ``config``
-    (random init, e.g. on ``meta`` for parameter counts)."""
+    (default: :func:`vit_config` of ``name``; random init, e.g. on ``meta`` for parameter counts)."""
     from transformers import ViTModel
 
     if pretrained:
@@ -55,9 +74,7 @@ def load_vit(name: str, *, pretrained: bool = True, config=None, device: str | t
                             "with save_pretrained or a hub name reachable from this machine.") from None
     else:
         if config is None:
-            from transformers import ViTConfig
-
-            config = ViTConfig.from_pretrained(name) if Path(name).is_dir() else ViTConfig()
+            config = vit_config(name)
         with torch.device(device or "cpu"):
             vit = ViTModel(config, add_pooling_layer=True)
     vit.requires_grad_(False)
@@ -74,6 +91,24 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGE_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """One image file → the ViT's input (3, 224, 224) float32: RGB, resized to exactly 224×224 with PIL's bilinear
+    filter (``ViTImageProcessor``'s resize, aspect ratio not kept), ×1/255, normalised with mean = std = 0.5.
+
+    Offline extraction and the online mode both read images through this function, so their inputs are identical.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 @torch.no_grad()

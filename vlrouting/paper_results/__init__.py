@@ -8,8 +8,9 @@ values (several printed deltas of the routing-functions paper are arithmetic sli
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
 ``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
-baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``ablations`` —
-Tables 6 and B2 of the ViT families (and Table B3's inference times as plain data).
+baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``vit_roberta`` —
+Tables 1, 2, 3, B4 (ViT+RoBERTa, VQAv2); ``ablations`` — Tables 6 and B2 of the ViT families (and Table B3's
+inference times as plain data).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
 ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
-                                 "vlrouting.paper_results.ablations")
+                                 "vlrouting.paper_results.vit_roberta", "vlrouting.paper_results.ablations")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"

@@ -19,13 +19,20 @@ from vlrouting.routing import route
 
 
 class AdapterBlock(nn.Module):
-    def __init__(self, d: int, r: int, act: str = "gelu_new", init_std: float = 0.02):
+    """``h + up(act(route(down h, down x_R)))``; ``residual=False`` drops the inner ``h +`` (the routing paper's
+    released ViT+RoBERTa adapters, ``add_res=False``: reference/routing_official_spec.md §6.10)."""
+
+    def __init__(self, d: int, r: int, act: str = "gelu_new", init_std: float = 0.02, residual: bool = True):
         super().__init__()
         self.down = nn.Linear(d, r)
         self.up = nn.Linear(r, d)
         self.act = get_activation(act)
         self.init_std = init_std
+        self.residual = residual
         self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return "" if self.residual else "residual=False"
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -37,7 +44,8 @@ class AdapterBlock(nn.Module):
         z = self.down(h)
         if routing != "none":
             z = route(routing, z, self.down(x_r.to(h.dtype)))
-        return h + self.up(self.act(z))
+        out = self.up(self.act(z))
+        return h + out if self.residual else out
 
 
 @register_peft_method("adapter", also_trainable=layer_norm_params)

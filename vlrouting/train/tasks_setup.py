@@ -70,6 +70,7 @@ def preflight(cfg: ExperimentConfig, tasks: dict) -> None:
     check_writable(cfg.run_dir, "output.snap_dir")
     stores: dict = {}
     for name, task in tasks.items():
+        task.check_data(root, spec)
         for split in splits_used(cfg):
             records = task.load_records(root, split)
             if not records:

@@ -21,6 +21,7 @@ from vlrouting.data.tasks.caption import CaptionTask
 from vlrouting.data.tasks.gqa import GQATask
 from vlrouting.data.tasks.nlvr import NLVRTask
 from vlrouting.data.tasks.vqa import VQATask
+from vlrouting.data.tasks.vqa_cls import VQAClsTask
 
 from vlrouting.data.tasks.sets import (
     DEFAULT_TASK_SET, TASK_SETS, TableColumn, TaskSet, default_tasks, get_task_set, register_task_set,
@@ -40,6 +41,7 @@ def register_task(task: Task) -> Task:
 
 for _task in (VQATask(), GQATask(), NLVRTask(), CaptionTask()):
     register_task(_task)
+register_task(VQAClsTask())
 
 
 def list_tasks() -> list[str]:
@@ -73,6 +75,6 @@ __all__ = [
     "Column", "LossTerm", "DecodeSpec", "FeatureSource", "TASK_SETS", "DEFAULT_TASK_SET", "TaskSet", "default_tasks",
     "get_task_set", "register_task_set", "report_columns", "set_average", "table_values", "task_set_of",
     "TableColumn",
-    "VQATask", "GQATask", "NLVRTask", "CaptionTask", "SPLITS", "IGNORE_INDEX", "sample_answer", "best_answer",
+    "VQATask", "VQAClsTask", "GQATask", "NLVRTask", "CaptionTask", "SPLITS", "IGNORE_INDEX", "sample_answer", "best_answer",
     "token_losses", "example_mean_loss",
 ]

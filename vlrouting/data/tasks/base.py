@@ -407,7 +407,11 @@ class Task:
             records = records[:limit]
         stores = open_stores(root, self.feature_datasets(split), features, spec)
         return TaskDataset(self, split, records, tokenizer, stores, seed=seed,
-                           max_text_positions=spec.max_text_positions, datasets_root=root)
+                           max_text_positions=spec.max_text_positions, datasets_root=root, spec=spec)
+
+    def check_data(self, root: Path, spec: DataSpec) -> None:
+        """Pre-flight check of task files that depend on the model's data spec (e.g. an answer vocabulary against
+        the classifier's width); a one-sentence error when they do not fit. Nothing to check by default."""
 
     def collate(self, examples: Sequence[dict]) -> dict:
         """Stack examples into the batch contract (module docstring); right-pads text with the tokenizer's pad id.
@@ -537,7 +541,8 @@ def feature_buffer(shape: tuple[int, ...]) -> torch.Tensor:
 class TaskDataset(torch.utils.data.Dataset):
     """The examples of one task split. Picklable; features are read through the stores at access time.
 
-    ``records`` keeps the annotation records (with the references ``Task.evaluate`` needs). Training targets that are
+    ``records`` keeps the annotation records (with the references ``Task.evaluate`` needs); ``spec`` the model's
+    data spec it was built for (tasks read its data-side choices, e.g. the headline score). Training targets that are
     sampled (VQA, GQA) draw from ``np.random.default_rng((seed, epoch, index))``: reproducible for a seed, fresh
     each epoch (:meth:`set_epoch`, or the ``epoch`` a batch of indices carries: :meth:`__getitems__`), and
     independent across indices, hence across DDP ranks and DataLoader workers.
@@ -548,8 +553,9 @@ class TaskDataset(torch.utils.data.Dataset):
 
     def __init__(self, task: Task, split: str, records: list[dict], tokenizer, stores: Mapping[str, Any], *,
                  seed: int = 0, max_text_positions: int = DEFAULT_MAX_TEXT_POSITIONS,
-                 datasets_root: str | Path | None = None):
+                 datasets_root: str | Path | None = None, spec: DataSpec | None = None):
         self.task = task
+        self.spec = spec or DataSpec()
         self.datasets_root = Path(datasets_root) if datasets_root is not None else None
         self.split = split
         self.records = records

@@ -45,6 +45,12 @@ def register_task_set(task_set: TaskSet) -> TaskSet:
 register_task_set(TaskSet("vl4", ("vqa", "gqa", "nlvr", "caption"),
                           description="VL-Adapter's four-task CLIP-BART benchmark (paper Tables 7, 8, C7)",
                           table_note="Accuracy ×100 for VQA, GQA, NLVR²; CIDEr ×100 for COCO; Avg = mean of the four."))
+register_task_set(TaskSet("vit_vqa", ("vqa_cls",), average_key="",
+                          description="VQAv2 as answer classification (ViT+RoBERTa; paper Tables 1, 2, 3, B4)",
+                          table_note="VQA: the headline score ×100 — official VQA accuracy (recipe paper) or the "
+                                     "soft score Σ label[pred]/N (recipe released, the paper's own evaluator); "
+                                     "VQA soft: the soft score; yes/no … person: the headline score per answer "
+                                     "type (Table 2) and question group (Table 3)."))
 #: The task set of the packaged CLIP-BART configs and the library defaults.
 DEFAULT_TASK_SET = "vl4"
 
