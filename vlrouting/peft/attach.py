@@ -14,7 +14,7 @@ from vlrouting.peft.base import RoutedWrapper
 from vlrouting.peft.config import PeftConfig
 from vlrouting.peft.registry import get_peft_method
 from vlrouting.peft.state import RoutingState
-from vlrouting.peft.targets import match_side, targets_for
+from vlrouting.peft.targets import match_side, match_stream, targets_for
 from vlrouting.routing import resolve_routing
 
 
@@ -47,7 +47,8 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
         (owner_parent if owner_parent is not None else model).peft_owner = owner
     for name, module, side in found:
         wrapper = method.wrapper(module, cfg, side=side, routing_map=routing_map,
-                                 route_enabled=side in cfg.route_sides, state=state, owner=owner)
+                                 route_enabled=side in cfg.route_sides, state=state, owner=owner,
+                                 stream=match_stream(name, targets))
         model.set_submodule(name, wrapper)
     return state
 

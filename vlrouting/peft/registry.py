@@ -10,6 +10,17 @@ owner per model, ``OwnerClass(cfg, targets)`` with ``targets`` the ``(name, modu
 about to be wrapped, registers it as the model's ``peft_owner`` submodule (saved and trained with the PEFT blocks)
 and hands it to every wrapper as ``owner=``. An owner may define ``aux_losses() -> {name: scalar tensor}``: the
 model returns them in its output and the trainer adds and logs each one (e.g. an information-bottleneck loss).
+
+Further optional owner hooks a model family honours (CLIP-BART does; :class:`vlrouting.models.FamilyModel` lists the
+host services they may use):
+
+- ``bind_host(host)``: called once by the family after attaching and before it decides what trains; the owner may
+  build host-dependent parts there (sized by ``host.hidden_size``) and keep a plain reference to the host
+  (``host.tokenizer``, ``host.embed_text``, ``host.output_embeddings``, ``host.special_token_ids``,
+  ``host.routing_state``).
+- ``encoder_text(text, mask, task) -> (text, mask)``: rewrites the embedded text segment of the encoder input
+  (B, L, d) and its mask before the other modalities join it (PETAL's instruction experts).
+- ``parameter_groups(model) -> {component: [parameters]}``: the breakdown ``python -m vlrouting params`` prints.
 """
 
 from __future__ import annotations
