@@ -24,6 +24,8 @@ def test_paper_avg_is_mean_of_four_tasks():
     # Avg. is printed as the mean of the four columns; a transcription typo shows up here. Tables 7/8 round the
     # mean of the printed numbers; C7 means are over unrounded seeds, so allow one more rounding step there.
     for key, row in PAPER_ROWS.items():
+        if row.context_only:  # another setting's columns (PETAL's InstructBLIP tables): tests/test_petal.py
+            continue
         mean = sum(row.values[t] for t in TASKS) / 4
         tol = (1.0 if row.table == "Table C7" else 0.5) * 10 ** -row.decimals + 1e-9
         assert abs(row.values["avg"] - mean) <= tol, (key, row.values["avg"], mean)
@@ -54,8 +56,9 @@ def test_paper_rows_cross_consistent():
     assert PAPER_ROWS["tablec7/single_adapter/none"].std["avg"] == 0.25
     assert PAPER_ROWS["tablec7/single_lora/proj"].std["avg"] == 0.11
     assert PAPER_ROWS["tablec7/single_adapter/proj"].std["avg"] == 0.18
-    assert len(PAPER_ROWS) == 12 + 9 + 4
-    for row in PAPER_ROWS.values():
+    ours = [row for row in PAPER_ROWS.values() if not row.context_only]
+    assert len(ours) == 12 + 9 + 4
+    for row in ours:
         assert set(row.values) == set(COLUMNS)
         assert row.baseline == (row.routing == "none")
 

@@ -7,7 +7,8 @@ learning rate where the paper gives one. Improvements over a baseline are never 
 values (several printed deltas of the routing-functions paper are arithmetic slips).
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
-``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks).
+``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``petal`` — PETAL's Tables 1, 2, 4 (InstructBLIP:
+``context_only``, never beside our runs).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
-ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart",)
+ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart",
+                                 "vlrouting.paper_results.petal")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -44,6 +46,7 @@ class PaperRow:
     routing_per_task: dict[str, str] | None = None  # Table 8's check-mark / combination columns
     trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
     note: str = ""
+    context_only: bool = False  # another setting (backbone, datasets): shown for context, keyed by its own columns
 
     def format(self, column: str, with_std: bool = True) -> str:
         """The cell as the paper prints it, e.g. ``65.76`` or ``65.76 ± 0.28``; ``""`` for a missing column."""
@@ -61,7 +64,7 @@ class PaperRow:
             "routing": self.routing, "values": dict(self.values), "std": dict(self.std) if self.std else None,
             "decimals": self.decimals, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
-            "trainable_percent": self.trainable_percent, "note": self.note,
+            "trainable_percent": self.trainable_percent, "note": self.note, "context_only": self.context_only,
         }
 
 
