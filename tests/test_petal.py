@@ -567,7 +567,8 @@ def test_ddp_two_processes_match_one_process(synthetic_bench, tmp_path):
     batch (SIB scales its local mean by the rank's share), so both agree up to summation order. Off here, and only
     here, the per-process random streams: dropout (backbone and DMA) and SIB's reparameterisation noise."""
     shared = {"data.limit_train": 40, "train.epochs": 1, "train.lr": 3e-3, "train.max_steps": 6,
-              "peft.dma.rank": 8, "peft.dma.dropout": 0.0, "peft.sib.sample": "false", "peft.sib.weight": 1.0}
+              "peft.dma.rank": 8, "model.dropout": 0.0, "peft.dma.dropout": 0.0, "peft.sib.sample": "false",
+              "peft.sib.weight": 1.0}
     runs = {}
     for nproc, batch in ((1, 12), (2, 6)):
         snap = tmp_path / str(nproc)
