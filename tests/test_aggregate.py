@@ -44,6 +44,9 @@ def test_paper_rows_spot_checks():
     assert base.baseline and base.decimals == 1 and base.format("vqa") == "65.4" and "VL-Adapter" in base.source
     c7 = get_paper_row("tablec7/single_adapter/proj")
     assert c7.format("avg") == "77.87 ± 0.18" and c7.n_seeds == 3
+    hyper = get_paper_row("vladapter_table1/hyperformer/none")
+    assert hyper.values == {"vqa": 65.1, "gqa": 53.4, "nlvr": 72.3, "caption": 114.6, "avg": 76.4}
+    assert hyper.baseline and hyper.trainable_percent == 5.79 and "VL-Adapter" in hyper.source
     with pytest.raises(ConfigError, match="unknown paper_row 'table9/x'"):
         get_paper_row("table9/x")
 
@@ -56,8 +59,8 @@ def test_paper_rows_cross_consistent():
     assert PAPER_ROWS["tablec7/single_adapter/none"].std["avg"] == 0.25
     assert PAPER_ROWS["tablec7/single_lora/proj"].std["avg"] == 0.11
     assert PAPER_ROWS["tablec7/single_adapter/proj"].std["avg"] == 0.18
-    ours = [row for row in PAPER_ROWS.values() if not row.context_only]
-    assert len(ours) == 12 + 9 + 4
+    ours = [row for row in PAPER_ROWS.values() if not row.context_only]  # PETAL's rows: tests/test_petal.py
+    assert len(ours) == 12 + 9 + 4 + 4  # Tables 7, 8, C7; VL-Adapter's Table 1 rows of issue 16
     for row in ours:
         assert set(row.values) == set(COLUMNS)
         assert row.baseline == (row.routing == "none")

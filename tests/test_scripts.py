@@ -71,7 +71,8 @@ def test_every_script_names_a_packaged_config():
     names = set(packaged_configs())
     scripts = sorted(p for p in (REPO / "scripts").glob("*.sh")
                      if p.stem.startswith(("multitask_", "vladapter_", "petal_")))
-    assert len(scripts) == 29 + 6  # routing-functions rows + PETAL's Table 4 map (petal_full, v1-v4, random)
+    # + VL-Adapter's Compacter, Hyperformer, half-shared and prompt rows; + PETAL's Table 4 map (full, v1-v4, random)
+    assert len(scripts) == 29 + 6 + 6
     assert (REPO / "scripts" / "multitask_adapter_comb3.sh").is_file()
     for script in scripts:
         assert script.stem in names, script

@@ -7,8 +7,9 @@ learning rate where the paper gives one. Improvements over a baseline are never 
 values (several printed deltas of the routing-functions paper are arithmetic slips).
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
-``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``petal`` — PETAL's Tables 1, 2, 4 (InstructBLIP:
-``context_only``, never beside our runs).
+``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
+baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``petal`` —
+PETAL's Tables 1, 2, 4 (InstructBLIP: ``context_only``, never beside our runs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
-ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart",
+ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
                                  "vlrouting.paper_results.petal")
 
 THIS_PAPER = "this paper"

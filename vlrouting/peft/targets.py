@@ -7,6 +7,8 @@ per-token inputs such as modality ids come from the encoder stream there (:class
 after self-attention and FFN in the encoder, after self-, cross-attention and FFN in the decoder (30 positions),
 each inside the residual branch (wrapping ``out_proj``/``fc2`` puts it before dropout and the residual add);
 LoRA on ``q_proj``/``v_proj`` of encoder self-, decoder self- and decoder cross-attention (36 linears).
+Compacter, Hyperformer and half-shared adapters use the adapter positions; prompt tuning wraps nothing — its
+entry names the encoder's embedding LayerNorm, which the prompts pass through and which sizes them (§3.3, §3.8).
 RoBERTa and GPT-2 follow the paper's released code (Houlsby placement / ``c_attn``, a Conv1D); T5 is analogous.
 DMA (PETAL's dynamic mode approximation, reference/petal_spec.md §5.1) mirrors PETAL's Q/K/V-only choice: q, k and
 v of encoder self-, decoder self- and decoder cross-attention (54 linears on bart-base).
@@ -39,6 +41,7 @@ TARGETS: dict[str, dict[str, list[tuple[str, str]]]] = {
             (_B + r"decoder\.layers\.\d+\.encoder_attn\.q_proj$", "decoder"),
             (_B + r"decoder\.layers\.\d+\.encoder_attn\.(?:k_proj|v_proj)$", "decoder", "encoder"),
         ],
+        "prompt": [(_B + r"encoder\.layernorm_embedding$", "encoder")],  # sizes the prompts; not wrapped
     },
     "roberta": {
         "adapter": [
