@@ -16,9 +16,10 @@ shared) and timed interleaved like ``bench_train_step.py`` (rounds hit by a burs
   LoRA matrices (and, as in every configuration, the visual embedding) train — no biases.
 - ``dma-cp``: DMA, CP core, R = 64, Γ, on the 54 q/k/v linears: 101,942 parameters (the headline pair).
 - ``dma-tucker``: DMA with the code's R³ cores (626,102), for the cost of the core contraction.
-- ``lora-r6`` vs ``petal-full``: LoRA r = 6 (331,776) against DMA + AIM + SIB (353,335). Without a tokenizer
-  the view instructions are stood in for by ``task+random`` with 30 vectors — the length of the three view
-  instructions in bart-base's tokenizer — so the encoder sees as many tokens as with the real views.
+- ``lora-r6`` vs ``petal-full``: LoRA r = 6 (331,776) against DMA + AIM + SIB (353,335, plus 23,040 for the
+  stand-in instructions: 376,375). Without a tokenizer the view instructions are stood in for by ``task+random``
+  with 30 vectors — the length of the three view instructions in bart-base's tokenizer — so the encoder sees as
+  many tokens as with the real views.
 
 Reported: median step time per configuration and the median of the per-round ratios to the reference with a 90 %
 bootstrap interval. Nothing is downloaded.
@@ -48,6 +49,7 @@ for path in (str(REPO), str(HERE)):
 from bench_train_step import (  # noqa: E402
     base_vl_bart, build_optimizer, clean_rounds, make_vl_batch, ratio_table, shared_weights_memo, summarize,
 )
+from vlrouting.fileio import atomic_write_text  # noqa: E402
 from vlrouting.models.vlbart import ModelConfig, VLBart  # noqa: E402
 from vlrouting.peft import PeftConfig, peft_parameters  # noqa: E402
 
@@ -124,10 +126,12 @@ def interleaved(runners: list[Runner], args) -> dict:
         if len(kept) >= args.rounds or k >= 3 * args.rounds or (k >= 3 and elapsed > args.budget_s):
             break
     kept = clean_rounds(times, args.slack)
-    if len(kept) < 3:
-        print(f"WARNING: only {len(kept)} clean rounds of {k}; using all rounds", file=sys.stderr)
+    n_clean = len(kept)
+    if n_clean < 3:
+        print(f"WARNING: only {n_clean} clean rounds of {k}; using all rounds", file=sys.stderr)
         kept = list(range(k))
-    return {"all": times, "kept_rounds": kept, "n_rounds": k, "kept": {n: [t[i] for i in kept] for n, t in times.items()}}
+    return {"all": times, "kept_rounds": kept, "n_clean": n_clean, "n_rounds": k,
+            "kept": {n: [t[i] for i in kept] for n, t in times.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, B={args.batch}, text {args.text_len} + 36 visual tokens, target "
           f"{args.target_len}; load average {load_start[0]:.2f} → {os.getloadavg()[0]:.2f}; "
-          f"{len(res['kept_rounds'])} clean rounds of {res['n_rounds']}.\n")
+          f"{res['n_clean']} clean rounds of {res['n_rounds']}"
+          f"{'' if res['n_clean'] >= 3 else ' (too few: every round used)'}.\n")
     print("| configuration | PEFT params | median step (ms) | ratio to | median ratio [90 % CI] |")
     print("|---|---:|---:|---|---|")
     for r in runners:
@@ -176,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                  if cell else "— | —")
         print(f"| {r.name} | {r.n_peft:,} | {1000 * statistics.median(res['kept'][r.name]):.1f} | {ratio} |")
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                        "ratios": ratios, "times": res["all"], "kept_rounds": res["kept_rounds"]},
-                                       indent=2))
+        atomic_write_text(args.out, json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                                                "ratios": ratios, "times": res["all"],
+                                                "kept_rounds": res["kept_rounds"], "n_clean": res["n_clean"]},
+                                               indent=2))
     return 0
 
 
