@@ -50,6 +50,7 @@ from bench_train_step import (  # noqa: E402
     base_vl_bart, build_optimizer, clean_rounds, make_vl_batch, ratio_table, shared_weights_memo, summarize,
 )
 from vlrouting.fileio import atomic_write_text  # noqa: E402
+from vlrouting.machine import machine_info, provenance_line, source_commit  # noqa: E402
 from vlrouting.models.vlbart import ModelConfig, VLBart  # noqa: E402
 from vlrouting.peft import PeftConfig, peft_parameters  # noqa: E402
 
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ratios = ratio_table(res["kept"], pairs, tol=0.0, all_times=res["all"])
     rows = {r.name: {"peft_params": r.n_peft, "trainable": r.n_trainable, "step_s": summarize(res["kept"][r.name])}
             for r in runners}
+    info = machine_info()
+    print(provenance_line(info) + "\n")
     print("# PETAL DMA vs LoRA: training-step time (vlrouting)\n")
     print(f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, B={args.batch}, text {args.text_len} + 36 visual tokens, target "
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                                 "ratios": ratios, "times": res["all"],
-                                                "kept_rounds": res["kept_rounds"], "n_clean": res["n_clean"]},
+                                                "kept_rounds": res["kept_rounds"], "n_clean": res["n_clean"],
+                                                "commit": source_commit(), "machine_info": info},
                                                indent=2))
     return 0
 

@@ -8,8 +8,9 @@ values (several printed deltas of the routing-functions paper are arithmetic sli
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
 ``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
-baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``petal`` —
-PETAL's Tables 1, 2, 4 (InstructBLIP: ``context_only``, never beside our runs).
+baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``ablations`` —
+Tables 6 and B2 of the ViT families (and Table B3's inference times as plain data); ``petal`` — PETAL's Tables 1,
+2, 4 (InstructBLIP: ``context_only``, never beside our runs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
 ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
-                                 "vlrouting.paper_results.petal")
+                                 "vlrouting.paper_results.ablations", "vlrouting.paper_results.petal")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -47,6 +48,7 @@ class PaperRow:
     routing_per_task: dict[str, str] | None = None  # Table 8's check-mark / combination columns
     trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
     note: str = ""
+    column_decimals: dict[str, int] | None = None  # per-column digits where a row mixes them (Table 6)
     context_only: bool = False  # another setting (backbone, datasets): shown for context, keyed by its own columns
 
     def format(self, column: str, with_std: bool = True) -> str:
@@ -54,9 +56,10 @@ class PaperRow:
         value = self.values.get(column)
         if value is None:
             return ""
-        text = f"{value:.{self.decimals}f}"
+        digits = (self.column_decimals or {}).get(column, self.decimals)
+        text = f"{value:.{digits}f}"
         if with_std and self.std and column in self.std:
-            text += f" ± {self.std[column]:.{self.decimals}f}"
+            text += f" ± {self.std[column]:.{digits}f}"
         return text
 
     def to_dict(self) -> dict:
@@ -65,7 +68,9 @@ class PaperRow:
             "routing": self.routing, "values": dict(self.values), "std": dict(self.std) if self.std else None,
             "decimals": self.decimals, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
-            "trainable_percent": self.trainable_percent, "note": self.note, "context_only": self.context_only,
+            "trainable_percent": self.trainable_percent, "note": self.note,
+            "column_decimals": dict(self.column_decimals) if self.column_decimals else None,
+            "context_only": self.context_only,
         }
 
 
