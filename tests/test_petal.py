@@ -513,6 +513,9 @@ def test_configs_and_errors():
         load_config("petal_full", ["peft.dma.rnak=3"])
     with pytest.raises(ConfigError, match="peft.dma.core must be one of cp, tucker, petal_code_compat"):
         load_config("petal_full", ["peft.dma.core=cpd"])
+    with pytest.raises(ConfigError, match="petal_code_compat has one U per modality"):  # at config time
+        PeftConfig(method="dma", dma={"core": "petal_code_compat"}, routing="comb3")
+    assert load_config("petal_full", ["peft.routing=comb3"]).peft.routing == "comb3"  # cp routes in U x
     assert load_config("petal_full", ["peft.sib.weight=0.05"]).peft.sib.weight == 0.05
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from vlrouting.errors import ConfigError
 from vlrouting.peft.base import RoutedWrapper, in_out_features
-from vlrouting.peft.registry import register_peft_method
+from vlrouting.peft.registry import _routes, register_peft_method
 from vlrouting.routing import route
 
 
@@ -102,6 +102,10 @@ class DMABlock(nn.Module):
             self.gamma_offset.zero_()
 
 
+_COMPAT_ROUTING = ("peft.dma.core=petal_code_compat has one U per modality, so there is no single rank code to "
+                   "route; use core cp or tucker with routing, or peft.routing=none.")
+
+
 def _frozen_backbone(name: str, param: nn.Parameter, owner: nn.Module) -> bool:
     """PETAL trains no backbone parameter besides its own (reference §4.1, §5.5 test 5)."""
     return False
@@ -109,6 +113,12 @@ def _frozen_backbone(name: str, param: nn.Parameter, owner: nn.Module) -> bool:
 
 class DMAWrapper(RoutedWrapper):
     """``Γ·W0 x + b0 + s·V M_nᵀ drop(U x)`` on one frozen linear (module docstring)."""
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refused when the config is built, before anything is written (vlrouting.peft.registry)."""
+        if cfg.dma.core == "petal_code_compat" and _routes(cfg.routing):
+            raise ConfigError(_COMPAT_ROUTING)
 
     def __init__(self, base_layer: nn.Module, cfg, **kw):
         fin, fout = in_out_features(base_layer)
@@ -122,8 +132,7 @@ class DMAWrapper(RoutedWrapper):
         self.scale = dma.scale
         self.dropout = nn.Dropout(dma.dropout) if dma.dropout > 0 else nn.Identity()
         if self.core == "petal_code_compat" and self.route_enabled and set(self.routing_map.values()) != {"none"}:
-            raise ConfigError("peft.dma.core=petal_code_compat has one U per modality, so there is no single rank "
-                              "code to route; use core cp or tucker with routing, or peft.routing=none.")
+            raise ConfigError(_COMPAT_ROUTING)
 
     def _bias(self) -> torch.Tensor | None:
         return getattr(self.base_layer, "bias", None)
