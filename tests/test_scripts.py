@@ -87,10 +87,10 @@ def test_every_script_names_a_packaged_config():
 
     names = set(packaged_configs())
     scripts = sorted(p for p in (REPO / "scripts").glob("*.sh")
-                     if p.stem.startswith(("multitask_", "vladapter_", "vit_roberta_")))
+                     if p.stem.startswith(("multitask_", "vladapter_", "vit_roberta_", "petal_")))
     # CLIP-BART rows and baselines, + VL-Adapter's Compacter, Hyperformer, half-shared and prompt rows, + ViT+RoBERTa
-    # Tables 1 (20) and B4 (5)
-    assert len(scripts) == 29 + 6 + 25
+    # Tables 1 (20) and B4 (5), + PETAL's Table 4 map (full, v1-v4, random instruction)
+    assert len(scripts) == 29 + 6 + 25 + 6
     assert (REPO / "scripts" / "multitask_adapter_comb3.sh").is_file()
     for script in scripts:
         assert script.stem in names, script

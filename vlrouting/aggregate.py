@@ -226,6 +226,10 @@ def aggregate_runs(runs: Iterable[Run], group_by: str = "config_name") -> list[d
             notes.append(f"runs name different paper rows ({', '.join(paper_rows)}); no paper numbers shown")
         elif row["paper_row"] and row["paper"] is None:
             notes.append(f"paper_row '{row['paper_row']}' is not in vlrouting.paper_results; no paper numbers shown")
+        elif row["paper"] is not None and row["paper"].context_only:
+            notes.append(f"paper_row '{row['paper_row']}' is context from another setting ({row['paper'].source}); "
+                         "not shown beside these runs")
+            row["paper"] = None
         seeds = [s for s in row["seeds"] if s is not None]
         dupes = sorted({s for s in seeds if seeds.count(s) > 1}, key=_seed_sort_key)
         if dupes:

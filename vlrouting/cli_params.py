@@ -2,7 +2,8 @@
 
 Builds the config's model family from its packaged architecture configs on the ``meta`` device (no weights, no
 download), attaches the configured PEFT modules and prints ``trainable: N | total: M | trainable%: P`` with
-VL-Adapter's definition (total includes the PEFT modules, reference §3.9).
+VL-Adapter's definition (total includes the PEFT modules, reference §3.9). A PEFT method that breaks its
+parameters down (e.g. ``dma``) adds one indented line per component; they sum to the trainable count.
 """
 
 from __future__ import annotations
@@ -30,4 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(cfg.model, cfg.peft, pretrained=False, device="meta")
     counts = model.parameter_report()
     print(json.dumps(counts) if args.json else format_parameter_report(counts))
+    if not args.json:
+        for name, n in (counts.get("components") or {}).items():
+            print(f"  {name}: {n:,}")
     return 0

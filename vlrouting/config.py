@@ -220,6 +220,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
     if value is None:
         return None
+    if is_dataclass(hint) and isinstance(value, dict):  # a typed sub-section, e.g. peft.dma
+        return _section(hint, value, where)
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -12,6 +12,11 @@ interface:
   example, as the task's evaluator expects it.
 - :class:`ModelOutput` — ``logits``, ``targets`` and ``aux_losses`` (name → scalar tensor, e.g. PETAL's
   information-bottleneck loss): the trainer adds every auxiliary loss to the task loss and logs each separately.
+- Host services for model-level PEFT owners (``bind_host``, :mod:`vlrouting.peft.registry`): ``tokenizer``,
+  ``hidden_size``, ``embed_text``, ``output_embeddings``, ``special_token_ids``; a family that offers them
+  overrides the defaults here, which say plainly that it does not. A family also fills the routing state's
+  per-token inputs (``modality_ids``: 0 = text, 1.. = other modalities, and ``attention_mask``, per stream) and
+  observations (``encoder_inputs``, ``encoder_hidden``, ``labels``) where it has them.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class FamilyModel(nn.Module):
 
     #: Registry name, set by :func:`vlrouting.models.registry.register_family`.
     family: str = ""
+    #: The tokenizer the model was built with (None when built without one, e.g. for counting parameters).
+    tokenizer = None
 
     def forward(self, batch: Mapping[str, Any]) -> ModelOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -73,11 +80,57 @@ class FamilyModel(nn.Module):
         """Write the (fully fine-tuned) backbone as a folder later runs load as their pretrained backbone."""
         raise NotImplementedError(f"model family '{self.family}' has no backbone export")
 
+    # ------------------------------------------------------------------ services for PEFT owners
+    def _no_service(self, what: str):
+        return NotImplementedError(f"model family '{self.family}' offers no {what} to PEFT methods")
+
+    @property
+    def hidden_size(self) -> int:
+        """The width of the token states PEFT owners read and write."""
+        raise self._no_service("hidden size")
+
+    def embed_text(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None):
+        """(B, L, d) text embedded exactly as the family embeds its text input (from ids or word embeddings)."""
+        raise self._no_service("text embedding")
+
+    def output_embeddings(self) -> torch.Tensor:
+        """The (V, d) output (LM head) embedding matrix."""
+        raise self._no_service("output embedding")
+
+    def special_token_ids(self) -> list[int]:
+        """Token ids that carry no content in targets (padding, start and end of sequence)."""
+        raise self._no_service("special token ids")
+
     def aux_losses(self) -> dict[str, torch.Tensor]:
         """Auxiliary losses of the last forward from model-level PEFT owners (see :mod:`vlrouting.peft`)."""
         owner = getattr(self, "peft_owner", None)
         return owner.aux_losses() if owner is not None and hasattr(owner, "aux_losses") else {}
 
     def parameter_report(self) -> dict:
-        """Trainable / total parameters with VL-Adapter's definition (total includes the PEFT modules)."""
-        return count_parameters(self)
+        """Trainable / total parameters with VL-Adapter's definition (total includes the PEFT modules), plus
+        ``components`` (:meth:`parameter_components`) when the PEFT method breaks its parameters down."""
+        counts = count_parameters(self)
+        components = self.parameter_components()
+        if components is not None:
+            counts["components"] = components
+        return counts
+
+    def parameter_components(self) -> dict[str, int] | None:
+        """Trainable parameters per component: the PEFT owner's ``parameter_groups`` (shared tensors counted
+        once), then every other trainable parameter under its top-level module's name (e.g. the visual
+        embedding); the counts sum to the trainable total. None when the method defines no breakdown."""
+        hook = getattr(getattr(self, "peft_owner", None), "parameter_groups", None)
+        if hook is None:
+            return None
+        seen: set[int] = set()
+        out: dict[str, int] = {}
+        for name, params in hook(self).items():
+            fresh = [p for p in params if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in fresh)
+            out[name] = sum(p.numel() for p in fresh)
+        for name, p in self.named_parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                key = name.split(".", 1)[0]
+                out[key] = out.get(key, 0) + p.numel()
+        return out

@@ -18,6 +18,11 @@ Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF mo
   (Table B2) needs nothing here: the routing state replaces x_R where it is written (:mod:`vlrouting.peft.state`).
 - Trainable sets (§3.9): always the visual embedding; adapters + every LayerNorm; LoRA + every bias; full
   fine-tuning trains everything.
+- For model-level PEFT owners (:mod:`vlrouting.peft.registry`): explicit per-token ``modality_ids`` (0 = text,
+  1 = visual) of the joint encoder input; decoder tokens are text; cross-attention keys/values read the encoder's
+  ids (the ``encoder`` stream). An owner's ``encoder_text`` hook may rewrite the embedded text segment (PETAL's
+  instructions and experts) before the visual tokens join it; ``bind_host`` gets the tokenizer, ``embed_text``,
+  the output embedding and the special token ids.
 """
 
 from __future__ import annotations
@@ -112,17 +117,21 @@ class VisualEmbedding(nn.Module):
 class VLBart(FamilyModel):
     """CLIP-BART with optional PEFT modules that route. ``forward(batch)`` returns the teacher-forced logits."""
 
-    def __init__(self, bart, model_cfg: ModelConfig, peft_cfg: PeftConfig | None):
+    def __init__(self, bart, model_cfg: ModelConfig, peft_cfg: PeftConfig | None, tokenizer=None):
         super().__init__()
         self.bart = bart
         self.model_cfg = model_cfg
         self.peft_cfg = peft_cfg
+        self.tokenizer = tokenizer
         d = bart.config.d_model
         self.visual_embedding = VisualEmbedding(model_cfg.feat_dim, d, model_cfg.n_images,
                                                 bart.get_input_embeddings())
         self.routing_state = RoutingState()
         if peft_cfg is not None:
             attach_peft(self.bart, peft_cfg, state=self.routing_state, model_type="bart", owner_parent=self)
+        bind = getattr(getattr(self, "peft_owner", None), "bind_host", None)
+        if bind is not None:  # host-dependent parts of the owner exist before deciding what trains
+            bind(self)
         mark_trainable(self, peft_cfg.method if peft_cfg else None, always=("visual_embedding",))
         self.bart.model.decoder.register_forward_pre_hook(self._decoder_x_r_hook, with_kwargs=True)
         if model_cfg.gradient_checkpointing:
@@ -152,6 +161,9 @@ class VLBart(FamilyModel):
             text = torch.cat([embeds.to(text.dtype), text], dim=1)
             text_mask = torch.cat([prefix_mask.to(text_mask.dtype), text_mask], dim=1)
         text = enc.layernorm_embedding(text)
+        rewrite = getattr(getattr(self, "peft_owner", None), "encoder_text", None)
+        if rewrite is not None:  # e.g. PETAL's instructions and instruction experts (vlrouting.peft.aim)
+            text, text_mask = rewrite(text, text_mask, batch.get("task"))
         vis = self.visual_embedding(feats.to(text.dtype), batch["img_order_ids"], batch["obj_order_ids"])
         x_r_vis = vis.mean(dim=1, keepdim=True) if self.model_cfg.x_r_source == "visual" else None
         # batch_size: a replaced x_R (peft.x_r_replace) gets one row per example, even though the decoder hook
@@ -159,9 +171,14 @@ class VLBart(FamilyModel):
         self.routing_state.set(batch.get("task"), batch_size=input_ids.shape[0], encoder=x_r_vis, decoder=x_r_vis)
         hidden = nn.functional.dropout(torch.cat([text, vis], dim=1), p=enc.dropout, training=self.training)
         mask = torch.cat([text_mask, text_mask.new_ones(vis.shape[:2])], dim=1)
+        modality = torch.cat([torch.zeros_like(text_mask), text_mask.new_ones(vis.shape[:2])], dim=1)
+        self.routing_state.set_tokens("encoder", modality_ids=modality, attention_mask=mask)
+        self.routing_state.set_tokens("decoder", modality_ids=0)  # every decoder token is text
+        self.routing_state.observe(encoder_inputs=hidden)
         attn = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=mask)
         for layer in enc.layers:
             hidden = layer(hidden, attn)
+        self.routing_state.observe(encoder_hidden=hidden)
         return BaseModelOutput(last_hidden_state=hidden), mask
 
     # ------------------------------------------------------------------ heads
@@ -171,6 +188,7 @@ class VLBart(FamilyModel):
         cfg = self.bart.config
         dec_in = shift_tokens_right(batch["labels"], cfg.pad_token_id, cfg.decoder_start_token_id)
         out = self.bart(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=dec_in, use_cache=False)
+        self.routing_state.observe(labels=batch["labels"])
         return ModelOutput(out.logits, batch["labels"], self.aux_losses())
 
     @torch.no_grad()
@@ -194,6 +212,27 @@ class VLBart(FamilyModel):
                       forced_eos_token_id=None, do_sample=False)
         kwargs.update(generation_kwargs)
         return self.bart.generate(encoder_outputs=enc_out, attention_mask=mask, **kwargs)
+
+    # ------------------------------------------------------------------ services for PEFT owners
+    @property
+    def hidden_size(self) -> int:
+        return self.bart.config.d_model
+
+    def embed_text(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None):
+        """Text as :meth:`encode` embeds it: word embeddings (or given vectors) + learned positions, LayerNorm."""
+        enc = self.bart.model.encoder
+        if inputs_embeds is None:
+            inputs_embeds = enc.embed_tokens(input_ids)
+        positions = enc.embed_positions(inputs_embeds[..., 0]).to(inputs_embeds.dtype)
+        return enc.layernorm_embedding(inputs_embeds + positions)
+
+    def output_embeddings(self) -> torch.Tensor:
+        return self.bart.get_output_embeddings().weight
+
+    def special_token_ids(self) -> list[int]:
+        cfg = self.bart.config
+        ids = {cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, cfg.decoder_start_token_id}
+        return sorted(i for i in ids if i is not None)
 
     def export_pretrained(self, out_dir, tokenizer) -> None:
         """BART + tokenizer with ``save_pretrained`` and ``visual_embedding.safetensors`` beside them (load with
@@ -302,7 +341,7 @@ def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrai
             bart = BartForConditionalGeneration(config)
         target = vocab_size if vocab_size is not None else config.vocab_size + model_cfg.extra_vocab
     _resize_vocab(bart, target)
-    model = VLBart(bart, model_cfg, peft_cfg)
+    model = VLBart(bart, model_cfg, peft_cfg, tokenizer=tokenizer)
     if model_cfg.visual_init:
         _load_visual_embedding(model, model_cfg.visual_init)
     return model

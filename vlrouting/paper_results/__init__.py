@@ -10,7 +10,8 @@ Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key 
 ``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
 baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``vit_roberta`` —
 Tables 1, 2, 3, B4 (ViT+RoBERTa, VQAv2); ``ablations`` — Tables 6 and B2 of the ViT families (and Table B3's
-inference times as plain data).
+inference times as plain data); ``petal`` — PETAL's Tables 1, 2, 4 (InstructBLIP: ``context_only``, never beside
+our runs).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
 ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
-                                 "vlrouting.paper_results.vit_roberta", "vlrouting.paper_results.ablations")
+                                 "vlrouting.paper_results.vit_roberta", "vlrouting.paper_results.ablations",
+                                 "vlrouting.paper_results.petal")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -49,6 +51,7 @@ class PaperRow:
     trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
     note: str = ""
     column_decimals: dict[str, int] | None = None  # per-column digits where a row mixes them (Table 6)
+    context_only: bool = False  # another setting (backbone, datasets): shown for context, keyed by its own columns
 
     def format(self, column: str, with_std: bool = True) -> str:
         """The cell as the paper prints it, e.g. ``65.76`` or ``65.76 ± 0.28``; ``""`` for a missing column."""
@@ -69,6 +72,7 @@ class PaperRow:
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
             "trainable_percent": self.trainable_percent, "note": self.note,
             "column_decimals": dict(self.column_decimals) if self.column_decimals else None,
+            "context_only": self.context_only,
         }
 
 

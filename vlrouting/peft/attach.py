@@ -14,7 +14,7 @@ from vlrouting.peft.base import RoutedWrapper
 from vlrouting.peft.config import PeftConfig
 from vlrouting.peft.registry import get_peft_method
 from vlrouting.peft.state import RoutingState
-from vlrouting.peft.targets import match_side, targets_for
+from vlrouting.peft.targets import match_side, match_stream, targets_for
 from vlrouting.routing import resolve_routing
 
 
@@ -51,7 +51,8 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
         (owner_parent if owner_parent is not None else model).peft_owner = owner
     for name, module, side in found if method.wrapper is not None else ():  # owner-only methods wrap nothing
         wrapper = method.wrapper(module, cfg, side=side, routing_map=routing_map,
-                                 route_enabled=side in cfg.route_sides, state=state, owner=owner)
+                                 route_enabled=side in cfg.route_sides, state=state, owner=owner,
+                                 stream=match_stream(name, targets))
         model.set_submodule(name, wrapper)
     return state
 

@@ -48,10 +48,12 @@ class RoutedWrapper(nn.Module):
     """Base class: task selection, x_R lookup and routing choice for one wrapped module."""
 
     def __init__(self, base_layer: nn.Module, block_factory, *, tasks, shared: bool, side: str,
-                 routing_map: dict[str, str], route_enabled: bool, state: RoutingState, owner: nn.Module | None = None):
+                 routing_map: dict[str, str], route_enabled: bool, state: RoutingState, owner: nn.Module | None = None,
+                 stream: str | None = None):
         super().__init__()
         self.base_layer = base_layer
         self.side = side
+        self.stream = stream or side  # the token sequence it reads (vlrouting.peft.targets): per-token inputs
         self.shared = shared
         self.tasks = list(tasks)
         self.routing_map = dict(routing_map)

@@ -18,6 +18,17 @@ still names the modules the owner is sized from (they are matched, never wrapped
 ConfigError (there is no bottleneck to route in). A registered class may define a classmethod
 ``check_config(cfg)`` raising :class:`ConfigError` for settings the method cannot honour; it runs when the
 :class:`~vlrouting.peft.PeftConfig` is built, so a bad combination fails before anything is written.
+
+Further optional owner hooks a model family honours (CLIP-BART does; :class:`vlrouting.models.FamilyModel` lists the
+host services they may use):
+
+- ``bind_host(host)``: called once by the family after attaching and before it decides what trains; the owner may
+  build host-dependent parts there (sized by ``host.hidden_size``) and keep a plain reference to the host
+  (``host.tokenizer``, ``host.embed_text``, ``host.output_embeddings``, ``host.special_token_ids``,
+  ``host.routing_state``).
+- ``encoder_text(text, mask, task) -> (text, mask)``: rewrites the embedded text segment of the encoder input
+  (B, L, d) and its mask before the other modalities join it (PETAL's instruction experts).
+- ``parameter_groups(model) -> {component: [parameters]}``: the breakdown ``python -m vlrouting params`` prints.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-forward side inputs (task, x_R) shared by every PEFT module of one model.
+"""Per-forward side inputs (task, x_R, per-token inputs) shared by every PEFT module of one model.
 
 The backbone's forward signature stays untouched: the model wrapper writes the current task and x_R into one
 :class:`RoutingState` object that every wrapped module holds a reference to (a plain attribute, not a submodule,
@@ -18,6 +18,16 @@ beams then get their example's row through :func:`expand_to_batch`, like a real 
 ``set(..., batch_size=B)`` where a family writes x_R only after expanding it per beam, else the rows of the first
 x_R written in the forward. Noise comes from torch's global generator (fresh per forward, reproducible from the
 run's seed and restored with its checkpoint).
+
+Besides x_R the state carries two generic channels a model family fills and PEFT methods read:
+
+- **per-token inputs by stream** (:meth:`RoutingState.set_tokens`): a stream is the token sequence a wrapped
+  module reads (``encoder``, ``decoder``; a decoder's cross-attention keys/values read the ``encoder`` stream,
+  see :mod:`vlrouting.peft.targets`). Each input is a (B, L) tensor, one value per token, or an int that holds
+  for every token of the stream (e.g. ``modality_ids=0`` on a text-only decoder, whose length changes at every
+  generation step). :meth:`RoutingState.token_input` follows generate()'s beam expansion like x_R does.
+- **observed tensors** (:meth:`RoutingState.observe`): values of the current forward a model-level PEFT owner
+  may need after it (the encoder's input and last hidden states, the labels), e.g. for an auxiliary loss.
 """
 
 from __future__ import annotations
@@ -77,6 +87,8 @@ class RoutingState:
         self.batch_size: int | None = None
         self._drawn: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # side -> (source, replacement), this forward
         self.x_r = x_r or {}
+        self.tokens: dict[str, dict[str, torch.Tensor | int]] = {}  # stream -> name -> per-token input
+        self.observed: dict[str, torch.Tensor] = {}
 
     def __setattr__(self, name, value) -> None:
         if name == "x_r" and not (isinstance(value, XRSlots) and value._state is self):
@@ -84,11 +96,14 @@ class RoutingState:
         super().__setattr__(name, value)
 
     def set(self, task: str | None, batch_size: int | None = None, **x_r: torch.Tensor | None) -> None:
-        """Start a forward: its task and x_R per side (unset sides are None). ``batch_size``: see the module doc."""
+        """Start a forward: its task and x_R per side (unset sides are None). ``batch_size``: see the module doc.
+        Per-token inputs and observations of the last forward go."""
         self.task = task
         self.batch_size = batch_size
         self._drawn = {}
         self.x_r = x_r
+        self.tokens = {}
+        self.observed = {}
 
     def _replacement(self, side: str, value: torch.Tensor | None) -> torch.Tensor | None:
         """What the state stores for ``value`` written as ``side``'s x_R (the value itself unless replacing)."""
@@ -109,6 +124,31 @@ class RoutingState:
             rep = torch.ones((rows, *shape), dtype=value.dtype, device=value.device)
         self._drawn[side] = (value, rep)
         return rep
+
+    def set_tokens(self, stream: str, **inputs: torch.Tensor | int) -> None:
+        """Per-token inputs of ``stream``: (B, L) tensors or one int for every token (module docstring)."""
+        self.tokens.setdefault(stream, {}).update(inputs)
+
+    def token_input(self, stream: str, name: str, batch: int, length: int) -> torch.Tensor | int:
+        """Input ``name`` of ``stream`` for a module that sees ``batch`` × ``length`` tokens (an int as given).
+
+        Rows follow generate()'s beam expansion (:func:`expand_to_batch`); a length that differs from the
+        stream's is an error — a per-token input is never re-aligned by position.
+        """
+        value = self.tokens.get(stream, {}).get(name)
+        if value is None:
+            raise RuntimeError(f"no per-token '{name}' is set for the {stream} stream in this forward; the model "
+                               f"family must provide it (RoutingState.set_tokens) for this PEFT method")
+        if isinstance(value, int):
+            return value
+        if value.shape[1] != length:
+            raise RuntimeError(f"per-token '{name}' of the {stream} stream covers {value.shape[1]} tokens but the "
+                               f"module sees {length}; the family set it for another sequence")
+        return expand_to_batch(value, batch)
+
+    def observe(self, **tensors: torch.Tensor) -> None:
+        """Record tensors of the current forward for model-level PEFT owners (module docstring)."""
+        self.observed.update(tensors)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
