@@ -48,7 +48,8 @@ class TrainConfig:
     eval_batch_size: int | None = None
     epochs: int = 20
     warmup_ratio: float = 0.1
-    clip_grad_norm: float = 5.0
+    warmup_steps: int | None = None  # linear warm-up over this many steps; overrides warmup_ratio when set
+    clip_grad_norm: float = 5.0  # max gradient norm; 0 disables clipping
     weight_decay: float = 0.01
     adam_eps: float = 1e-6
     seed: int = 9595
@@ -70,6 +71,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{self.precision}'.")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be 0 or more (or null to use train.warmup_ratio), got "
+                              f"{self.warmup_steps}.")
+        if self.clip_grad_norm < 0:
+            raise ConfigError(f"train.clip_grad_norm must be 0 (no clipping) or positive, got {self.clip_grad_norm}.")
 
 
 @dataclass
