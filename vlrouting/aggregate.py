@@ -358,7 +358,7 @@ def format_csv(rows: list[dict]) -> str:
                 line += ["", ""]
             else:
                 std = paper.std.get(col) if paper.std else None
-                line += [paper.format(col, with_std=False), "" if std is None else f"{std:.{paper.decimals}f}"]
+                line += [paper.format(col, with_std=False), "" if std is None else f"{std:.{paper.digits(col)}f}"]
         line += ["" if paper is None else paper.n_seeds, "" if paper is None else paper.source,
                  ";".join("" if s is None else str(s) for s in row["seeds"]), ";".join(row["runs"])]
         writer.writerow(line)

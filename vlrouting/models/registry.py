@@ -21,6 +21,7 @@ from vlrouting.errors import ConfigError
 #: The modules that register a family (imported lazily: each pulls in its backbone's transformers classes).
 FAMILY_MODULES: dict[str, str] = {
     "clip_bart": "vlrouting.models.vlbart",
+    "vit_gpt2": "vlrouting.models.vit_gpt2",
 }
 
 

@@ -7,7 +7,7 @@ learning rate where the paper gives one. Improvements over a baseline are never 
 values (several printed deltas of the routing-functions paper are arithmetic slips).
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
-``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks).
+``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vit_gpt2`` — Tables 4, B5 (ViT+GPT-2 COCO captions).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
-ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart",)
+ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vit_gpt2")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -37,6 +37,7 @@ class PaperRow:
     values: dict[str, float]  # column key → number as printed (e.g. vqa, gqa, nlvr, caption, avg ×100)
     std: dict[str, float] | None = None  # same keys; only where the paper prints ± std
     decimals: int = 2  # digits after the point as printed
+    column_decimals: dict[str, int] | None = None  # per-column exceptions (Table 4: metrics 1 digit, Avg 2)
     n_seeds: int = 1
     source: str = THIS_PAPER
     baseline: bool = False  # True for rows quoted from another work
@@ -50,16 +51,22 @@ class PaperRow:
         value = self.values.get(column)
         if value is None:
             return ""
-        text = f"{value:.{self.decimals}f}"
+        digits = self.digits(column)
+        text = f"{value:.{digits}f}"
         if with_std and self.std and column in self.std:
-            text += f" ± {self.std[column]:.{self.decimals}f}"
+            text += f" ± {self.std[column]:.{digits}f}"
         return text
+
+    def digits(self, column: str) -> int:
+        """Digits after the point of ``column`` as printed."""
+        return (self.column_decimals or {}).get(column, self.decimals)
 
     def to_dict(self) -> dict:
         return {
             "key": self.key, "table": self.table, "block": self.block, "label": self.label,
             "routing": self.routing, "values": dict(self.values), "std": dict(self.std) if self.std else None,
-            "decimals": self.decimals, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
+            "decimals": self.decimals,
+            "column_decimals": dict(self.column_decimals) if self.column_decimals else None, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
             "trainable_percent": self.trainable_percent, "note": self.note,
         }

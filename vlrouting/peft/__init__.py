@@ -1,7 +1,9 @@
-"""PEFT modules that carry routing (Adapter, LoRA), attached to Hugging Face models by wrapping modules."""
+"""PEFT modules that carry routing (Adapter, LoRA, GPT-2's merged q|v LoRA), attached to Hugging Face models by
+wrapping modules."""
 
 from vlrouting.peft import adapter as _adapter  # noqa: F401  (registers "adapter")
 from vlrouting.peft import lora as _lora  # noqa: F401  (registers "lora")
+from vlrouting.peft import merged_lora as _merged_lora  # noqa: F401  (registers "merged_qv_lora")
 from vlrouting.peft.attach import (
     attach_peft,
     count_parameters,

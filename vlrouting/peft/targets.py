@@ -5,7 +5,10 @@ boundary) and ``side`` says whose x_R the module sees. BART follows VL-Adapter (
 after self-attention and FFN in the encoder, after self-, cross-attention and FFN in the decoder (30 positions),
 each inside the residual branch (wrapping ``out_proj``/``fc2`` puts it before dropout and the residual add);
 LoRA on ``q_proj``/``v_proj`` of encoder self-, decoder self- and decoder cross-attention (36 linears).
-RoBERTa and GPT-2 follow the paper's released code (Houlsby placement / ``c_attn``, a Conv1D); T5 is analogous.
+RoBERTa and GPT-2 follow the paper's released code (reference/routing_official_spec.md §2): RoBERTa adapters in
+Houlsby placement, LoRA on ``query``/``value``; GPT-2 adapters after the attention and MLP output projections
+(``c_proj``, before dropout and the residual add) and the merged q|v LoRA (``merged_qv_lora``) on the fused ``c_attn``
+(a Conv1D, q|k|v output) — GPT-2 has no ``lora`` entry because a plain LoRA there would adapt k too. T5 is analogous.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ TARGETS: dict[str, dict[str, list[tuple[str, str]]]] = {
     },
     "gpt2": {
         "adapter": [(_B + r"h\.\d+\.attn\.c_proj$", "decoder"), (_B + r"h\.\d+\.mlp\.c_proj$", "decoder")],
-        "lora": [(_B + r"h\.\d+\.attn\.c_attn$", "decoder")],
+        "merged_qv_lora": [(_B + r"h\.\d+\.attn\.c_attn$", "decoder")],
     },
     "t5": {
         "adapter": [
