@@ -1,7 +1,8 @@
-"""``python -m feature_extraction {extract,verify} ...``
+"""``python -m feature_extraction {extract,convert,verify} ...``
 
-``extract`` writes CLIP ResNet grid features (see :mod:`feature_extraction.extract`); ``verify`` checks that every
-image an annotation file references has finite features of the right shape (:mod:`feature_extraction.verify`).
+``extract`` writes CLIP ResNet grid features (see :mod:`feature_extraction.extract`); ``convert`` rewrites per-image
+feature files in the contiguous layout (:mod:`feature_extraction.convert`); ``verify`` checks that every image an
+annotation file references has finite features of the right shape (:mod:`feature_extraction.verify`).
 A :class:`vlrouting.errors.VLRoutingError` becomes one line on stderr and exit status 2, as in ``python -m vlrouting``.
 """
 
@@ -11,6 +12,7 @@ import sys
 
 COMMANDS = {
     "extract": ("feature_extraction.extract", "CLIP grid features -> <root>/<DS>/clip_features/<split>.h5"),
+    "convert": ("feature_extraction.convert", "per-image feature files -> the contiguous layout (faster batch reads)"),
     "verify": ("feature_extraction.verify", "check features against annotation files"),
 }
 

@@ -1,8 +1,9 @@
 """``python -m feature_extraction verify --annotations FILE [FILE ...] --features DIR|FILE.h5``
 
 Checks that every image an annotation file references — ``img_id`` (VQA, GQA), ``img0``/``img1`` (NLVR²), or a
-Karpathy ``images[].filename`` (COCO captions) — has features in the folder (either layout that
-:class:`vlrouting.data.features.FeatureStore` reads) or the single file, with a square token count (36 or 49), one
+Karpathy ``images[].filename`` (COCO captions) — has features in the folder (any layout that
+:class:`vlrouting.data.features.FeatureStore` reads: ours per image or contiguous, VL-Adapter's archive) or the
+single file, with a square token count (36 or 49), one
 feature dimension throughout, a float16/float32 dtype and no NaN/Inf; and that our per-split files in the folder come
 from the same network (equal ``model_fingerprint``). Prints a one-line verdict (``OK: ...`` / ``FAIL: ...``), then
 the ids at fault; exit status 0 when everything is right, 1 otherwise (2 for unusable arguments).

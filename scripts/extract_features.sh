@@ -4,8 +4,11 @@
 # DATASET: coco (train2014, val2014), vg (GQA train+valid images), gqa (testdev), nlvr (train, dev, test), or
 # synthetic (all four; tiny random-init RN-tiny with BatchNorm recalibration unless --model/--pretrained say else).
 # Defaults: --root datasets, open_clip RN101 with openai weights. Resumable: rerun the same command after a crash.
+# --layout contiguous writes each split as one (N, tokens, C) dataset chunked per image plus an id index (faster
+# batch reads; `python -m feature_extraction convert --input OLD.h5 --output NEW.h5` converts an existing file).
 # Examples:
 #   bash scripts/extract_features.sh coco --root /data/datasets --batch-size 128 --workers 8
+#   bash scripts/extract_features.sh coco --root /data/datasets --layout contiguous
 #   bash scripts/extract_features.sh synthetic --root demo_work/datasets
 # PYTHON picks the interpreter (default python3).
 set -euo pipefail

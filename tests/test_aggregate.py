@@ -43,6 +43,9 @@ def test_paper_rows_spot_checks():
     assert base.baseline and base.decimals == 1 and base.format("vqa") == "65.4" and "VL-Adapter" in base.source
     c7 = get_paper_row("tablec7/single_adapter/proj")
     assert c7.format("avg") == "77.87 ± 0.18" and c7.n_seeds == 3
+    hyper = get_paper_row("vladapter_table1/hyperformer/none")
+    assert hyper.values == {"vqa": 65.1, "gqa": 53.4, "nlvr": 72.3, "caption": 114.6, "avg": 76.4}
+    assert hyper.baseline and hyper.trainable_percent == 5.79 and "VL-Adapter" in hyper.source
     with pytest.raises(ConfigError, match="unknown paper_row 'table9/x'"):
         get_paper_row("table9/x")
 
@@ -56,10 +59,38 @@ def test_paper_rows_cross_consistent():
     assert PAPER_ROWS["tablec7/single_lora/proj"].std["avg"] == 0.11
     assert PAPER_ROWS["tablec7/single_adapter/proj"].std["avg"] == 0.18
     assert len(CLIP_BART_ROWS) == 12 + 9 + 4 and all(PAPER_ROWS[k] is row for k, row in CLIP_BART_ROWS.items())
-    for row in CLIP_BART_ROWS.values():
+    # Tables 7, 8, C7; VL-Adapter's Table 1 rows of the other baselines; Tables 4 and B5 (ViT+GPT-2, own columns)
+    assert len(PAPER_ROWS) == 12 + 9 + 4 + 4 + 6 * 5
+    for row in (r for r in PAPER_ROWS.values() if r.table not in ("Table 4", "Table B5")):
         assert set(row.values) == set(COLUMNS)
         assert row.baseline == (row.routing == "none")
 
+
+
+def test_vit_gpt2_paper_rows():
+    """Tables 4 and B5 (ViT+GPT-2 COCO captions): Table 4's columns, Avg = the mean of the five printed metrics, the
+    printed delta slips against the derived ones, B5's GPT-2 base half = Table 4's Adapter r = 64 block."""
+    from vlrouting.data.tasks import get_task
+    from vlrouting.paper_results.vit_gpt2 import COLUMNS as CAPTION_COLUMNS
+    from vlrouting.paper_results.vit_gpt2 import PRINTED_DELTA_SLIPS, ROWS
+
+    assert len(ROWS) == 6 * 5 and all(PAPER_ROWS[k] is row for k, row in ROWS.items())
+    assert CAPTION_COLUMNS == tuple(c.key for c in get_task("coco_lm").columns())
+    for key, row in ROWS.items():
+        assert tuple(row.values) == CAPTION_COLUMNS and not row.baseline and row.lr == 3e-5
+        assert row.values["coco_lm.Avg"] == pytest.approx(sum(row.values[c] for c in CAPTION_COLUMNS[:5]) / 5,
+                                                          abs=0.005)
+    lora = get_paper_row("table4/lora_r64/expand")
+    assert lora.values["coco_lm"] == 80.5 and lora.format("coco_lm") == "80.5" and lora.format("coco_lm.Avg") == "37.28"
+    assert lora.label == "x_t x'_v" and "x_t x''_v" in lora.note  # the printed label of the x''_v row
+    for key, slips in PRINTED_DELTA_SLIPS.items():
+        none = ROWS[key.rsplit("/", 1)[0] + "/none"]
+        for col, (printed, derived) in slips.items():
+            assert ROWS[key].values[col] - none.values[col] == pytest.approx(derived)
+            assert abs(printed - derived) > 0.09  # every other printed delta equals its derived value
+    for routing in ("none", "mul", "add", "proj", "expand"):
+        assert ROWS[f"tableb5/gpt2_base/{routing}"].values == ROWS[f"table4/adapter_r64/{routing}"].values
+    assert ROWS["tableb5/gpt2_medium/expand"].values["coco_lm"] == 90.0
 
 def test_packaged_configs_name_known_paper_rows_with_table_a1_lr():
     for path in sorted(CONFIG_DIR.glob("*.yaml")):

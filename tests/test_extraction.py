@@ -40,7 +40,10 @@ def one_thread():
 
 
 def _contents(path: Path) -> dict[str, np.ndarray]:
+    """id → stored block, for either layout."""
     with h5py.File(path, "r") as f:
+        if f.attrs.get("layout") == "contiguous":
+            return {i.decode(): f["features"][k] for k, i in enumerate(f["ids"][()])}
         return {k: f[k][()] for k in f}
 
 
@@ -151,29 +154,48 @@ def test_standardize_needs_recalibration_sample(syn):
         extract_dataset(root, "synthetic", recalibrate_bn=8, standardize=False, **TINY)
 
 
-def test_resume_after_sigkill_equals_uninterrupted(syn, tmp_path):
+@pytest.mark.parametrize("layout", ["per-image", "contiguous"])
+def test_resume_after_sigkill_equals_uninterrupted(syn, tmp_path, layout, capsys):
     root, _ = syn
     images = root / "COCO/images/train2014"  # 5 images → 3 batches of 2
     ref = tmp_path / "ref" / "x.h5"
     extract([folder_job(images, ref)], ExtractOptions(**{**TINY, "batch_size": 2, "workers": 0}))
     out = tmp_path / "run" / "x.h5"
-    cmd = [sys.executable, "-m", "feature_extraction", "extract", "--images", str(images), "--output", str(out),
-           "--batch-size", "2"] + CLI_TINY
+    args = ["extract", "--images", str(images), "--output", str(out), "--batch-size", "2", "--layout", layout]
     env = {**os.environ, KILL_ENV: "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "feature_extraction"] + args + CLI_TINY, env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr  # SIGKILL while writing the second batch
     partial = out.with_name("x.h5.partial")
     assert partial.exists() and not out.exists()
     with h5py.File(partial, "r") as f:  # readable; holds the first batch
-        assert 2 <= len(f) <= 3
-    assert fe_main(["extract", "--images", str(images), "--output", str(out), "--batch-size", "2"] + CLI_TINY) == 0
+        if layout == "per-image":
+            assert 2 <= len(f) <= 3
+        else:
+            assert f.attrs["layout"] == "contiguous" and f.attrs["n_committed"] == 2 and f["features"].shape[0] >= 2
+    other = "per-image" if layout == "contiguous" else "contiguous"
+    assert fe_main(args[:-1] + [other] + CLI_TINY) == 2  # the other layout is refused by name
+    assert f"has the {layout} layout" in capsys.readouterr().err
+    assert fe_main(args + CLI_TINY) == 0
+    assert "extracted 3 images (2 already done" in capsys.readouterr().out  # resumed, not restarted
     assert out.exists() and not partial.exists()
     got, want = _contents(out), _contents(ref)
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+    if layout == "contiguous":
+        with h5py.File(out, "r") as f, h5py.File(ref, "r") as r:
+            assert f["features"].shape == (5, 36, 512) and f["features"].chunks == (1, 36, 512)
+            assert f.attrs["n_committed"] == 5 and f.attrs["n_images"] == 5 and bool(f.attrs["complete"])
+            assert f.attrs["model_fingerprint"] == r.attrs["model_fingerprint"]
+            assert list(_contents(out)) == sorted(want)  # rows in the extraction's (sorted) id order
+        store, ref_store = FeatureStore(out), FeatureStore(ref)
+        ids = sorted(want)[::-1] + sorted(want)[:1]
+        np.testing.assert_array_equal(store.read_batch(ids), np.stack([ref_store[i] for i in ids]))
+        store.close()  # HDF5 refuses a second open of one file with other locking flags in the same process
     # a rerun has nothing to do
-    assert fe_main(["extract", "--images", str(images), "--output", str(out), "--batch-size", "2"] + CLI_TINY) == 0
+    assert fe_main(args + CLI_TINY) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_bad_images_reported_fatal_unless_skip_bad(syn, tmp_path, capsys):

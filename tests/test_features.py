@@ -1,4 +1,4 @@
-"""FeatureStore: both on-disk layouts, pooling, DataLoader workers, errors; ``feature_extraction verify``."""
+"""FeatureStore: the three on-disk layouts, pooling, batch reads, DataLoader workers, errors; ``verify``."""
 
 from __future__ import annotations
 
@@ -31,16 +31,41 @@ def _torch_pool(tokens: np.ndarray, side: int = 6) -> np.ndarray:
     return F.adaptive_max_pool2d(g, (side, side)).flatten(2).transpose(1, 2)[0].numpy()
 
 
+def _write_contiguous(path: Path, arrays: dict[str, np.ndarray], **storage) -> None:
+    """The contiguous layout by hand, rows in reverse id order (the reader must go through the id index)."""
+    ids = sorted(arrays, reverse=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["layout"] = "contiguous"
+        f.attrs["model_fingerprint"] = "abc"
+        f.create_dataset("features", data=np.stack([arrays[i] for i in ids]), **storage)
+        f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+
+
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    """The same grids in three layouts: ours pooled (36), ours keep-grid (49), VL-Adapter's per-image files (49)."""
+    """The same grids in every layout: ours per image pooled (36) and keep-grid (49), VL-Adapter's per-image files
+    (49), ours contiguous pooled and keep-grid, each with two storage variants (one per split file), and a folder
+    mixing a per-image pooled file with a contiguous keep-grid one."""
     base = tmp_path_factory.mktemp("feats")
     grids = {i: _grid(k) for k, i in enumerate(IDS)}
     pooled = base / "pooled" / "COCO" / "clip_features"
     keep = base / "keep" / "COCO" / "clip_features"
     vla = base / "vla" / "COCO" / "clip_features"
-    for d in (pooled, keep, vla / "data_clip_RN101_att"):
+    contig, contig_keep, mixed = (base / name / "COCO" / "clip_features" for name in ("contig", "contig_keep", "mixed"))
+    for d in (pooled, keep, vla / "data_clip_RN101_att", contig, contig_keep, mixed):
         d.mkdir(parents=True)
+    split = {s: {i: g for i, g in grids.items() if s in i} for s in ("train2014", "val2014")}
+    pool = lambda arrays: {i: _torch_pool(g).astype(np.float16) for i, g in arrays.items()}  # noqa: E731
+    # chunked per image, no filter: direct chunk reads; gzip: HDF5 decodes row by row; unchunked: one union read
+    _write_contiguous(contig / "train2014.h5", pool(split["train2014"]), chunks=(1, 36, C))
+    _write_contiguous(contig / "val2014.h5", pool(split["val2014"]), chunks=(1, 36, C), compression="gzip")
+    _write_contiguous(contig_keep / "train2014.h5", split["train2014"])
+    _write_contiguous(contig_keep / "val2014.h5", split["val2014"], chunks=(1, 49, C))
+    _write_contiguous(mixed / "val2014.h5", split["val2014"], chunks=(1, 49, C))
+    with h5py.File(mixed / "train2014.h5", "w") as f:
+        for i, g in pool(split["train2014"]).items():
+            f.create_dataset(i, data=g)
     for split in ("train2014", "val2014"):
         with h5py.File(pooled / f"{split}.h5", "w") as fp, h5py.File(keep / f"{split}.h5", "w") as fk:
             fp.attrs["model_fingerprint"] = fk.attrs["model_fingerprint"] = "abc"
@@ -51,7 +76,11 @@ def roots(tmp_path_factory):
     for i, g in grids.items():
         with h5py.File(vla / "data_clip_RN101_att" / f"{i}.h5", "w") as f:
             f.create_dataset(f"{i}/features", data=g)
-    return {"grids": grids, "pooled": pooled, "keep": keep, "vla": vla, "base": base}
+    return {"grids": grids, "pooled": pooled, "keep": keep, "vla": vla, "contig": contig, "contig_keep": contig_keep,
+            "mixed": mixed, "base": base}
+
+
+LAYOUTS = ("pooled", "keep", "vla", "contig", "contig_keep", "mixed")
 
 
 def test_layouts_agree_and_match_torch_pooling(roots):
@@ -69,6 +98,85 @@ def test_layouts_agree_and_match_torch_pooling(roots):
         assert s.ids() == set(IDS) and IDS[0] in s and "COCO_train2014_000000000001" not in s and len(s) == len(IDS)
 
 
+def test_contiguous_layout_reads_like_the_others(roots):
+    modes = {}
+    for key in ("contig", "contig_keep"):
+        store = FeatureStore(roots[key])
+        assert store.ids() == set(IDS) and len(store) == len(IDS) and IDS[3] in store and "features" not in store
+        assert store.locate(IDS[3]).endswith("val2014.h5")
+        modes[key] = [store._contiguous_dataset(i)[2] for i in range(2)]  # train2014, val2014
+        ref = FeatureStore(roots["pooled"])
+        for img_id in IDS:
+            np.testing.assert_array_equal(store[img_id], ref[img_id])
+    # every read path of the contiguous layout is exercised below
+    assert modes == {"contig": ["chunk", "rows"], "contig_keep": ["union", "chunk"]}
+
+
+ID_LISTS = {
+    "sorted": IDS,
+    "unsorted": [IDS[3], IDS[0], IDS[4], IDS[2], IDS[1]],
+    "duplicates": [IDS[2], IDS[0], IDS[2], IDS[4], IDS[0], IDS[0]],
+    "one file": [IDS[4], IDS[3]],
+    "one id": [IDS[1]],
+}
+
+
+@pytest.mark.parametrize("key", LAYOUTS)
+def test_read_batch_equals_per_sample_reads(roots, key):
+    store = FeatureStore(roots[key])
+    for name, ids in ID_LISTS.items():
+        got = store.read_batch(ids)
+        assert got.shape == (len(ids), 36, C) and got.dtype == np.float32 and got.flags["C_CONTIGUOUS"], name
+        np.testing.assert_array_equal(got, np.stack([store[i] for i in ids]), err_msg=name)
+    ids = ID_LISTS["unsorted"]
+    half = store.read_batch(ids, dtype=np.float16)
+    np.testing.assert_array_equal(half, np.stack([store[i] for i in ids]).astype(np.float16))
+    buf = np.full((len(ids), 36, C), np.nan, np.float32)
+    assert store.read_batch(ids, out=buf) is buf
+    shapes = []
+    got = store.read_batch(ids, out=lambda shape: shapes.append(shape) or buf)
+    assert got is buf and shapes == [(len(ids), 36, C)]
+    if key != "pooled" and key != "contig" and key != "mixed":  # the 7×7 grid itself
+        grid = FeatureStore(roots[key], n_boxes=49)
+        np.testing.assert_array_equal(grid.read_batch(ids), np.stack([roots["grids"][i] for i in ids]).astype(np.float32))
+
+
+def _small_file(path: Path, blocks: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for i, x in blocks.items():
+            f.create_dataset(i, data=x)
+
+
+def test_read_batch_errors(roots, tmp_path):
+    store = FeatureStore(roots["contig"])
+    with pytest.raises(MissingFeatureError, match="'COCO_val2014_000000999999'.*val2014.h5"):
+        store.read_batch([IDS[0], "COCO_val2014_000000999999"])
+    with pytest.raises(ValueError, match="at least one"):
+        store.read_batch([])
+    with pytest.raises(ValueError, match="not int32"):
+        store.read_batch(IDS[:1], dtype=np.int32)
+    with pytest.raises(ValueError, match="shape"):
+        store.read_batch(IDS[:2], out=np.empty((2, 36, 16), np.float32))
+    with pytest.raises(ConfigError, match="n_boxes 49"):
+        FeatureStore(roots["mixed"], n_boxes=49).read_batch([IDS[3], IDS[0]])
+    ok, inf, nan = (np.ones((36, 16), np.float16) for _ in range(3))
+    inf[5, 7], nan[35, 15] = np.inf, np.nan
+    _small_file(tmp_path / "nan" / "a.h5", {"im0": ok, "im1": inf})
+    _write_contiguous(tmp_path / "nan_c" / "a.h5", {"im0": ok, "im1": nan}, chunks=(1, 36, 16))
+    grid = np.ones((49, 16), np.float32)
+    grid[0, 0] = -np.inf  # the 2×2 max pooling would hide it: checked before pooling
+    _small_file(tmp_path / "nan_g" / "a.h5", {"im0": np.ones((49, 16), np.float32), "im1": grid})
+    for d in ("nan", "nan_c", "nan_g"):
+        for dtype in (np.float32, np.float16):
+            with pytest.raises(DataError, match=rf"image 'im1' in {tmp_path / d / 'a.h5'} contain NaN or Inf"):
+                FeatureStore(tmp_path / d).read_batch(["im0", "im1"], dtype=dtype)
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "nan").read_batch(["im0"])[0], ok.astype(np.float32))
+    _small_file(tmp_path / "dims" / "a.h5", {"im0": ok, "im1": np.ones((36, 8), np.float16)})
+    with pytest.raises(DataError, match=r"differ in size: 'im1' in .*a.h5 has C=8, 'im0' .* has C=16"):
+        FeatureStore(tmp_path / "dims").read_batch(["im0", "im1"])
+
+
 def test_n_boxes_49_and_general_pooling(roots):
     g = roots["grids"][IDS[0]]
     for key in ("keep", "vla"):
@@ -80,6 +188,11 @@ def test_n_boxes_49_and_general_pooling(roots):
     x = np.random.default_rng(0).standard_normal((196, 8)).astype(np.float32)
     for side in (1, 3, 5, 6, 13):
         np.testing.assert_array_equal(adaptive_max_pool_grid(x, side), _torch_pool(x, side))
+    xb = np.random.default_rng(1).standard_normal((3, 49, 8)).astype(np.float32)  # batched, into out
+    for side in (3, 6):
+        out = np.empty((3, side * side, 8), np.float32)
+        assert adaptive_max_pool_grid(xb, side, out=out) is out
+        np.testing.assert_array_equal(out, np.stack([_torch_pool(x1, side) for x1 in xb]))
     single = FeatureStore(roots["pooled"] / "val2014.h5")
     assert single.ids() == {i for i in IDS if "val2014" in i}
 
@@ -159,3 +272,45 @@ def test_verify_good_and_bad(roots, tmp_path, capsys):
     assert fe_main(["verify", "--annotations", str(good), "--features", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_convert_per_image_to_contiguous(roots, tmp_path, capsys):
+    out = tmp_path / "conv" / "COCO" / "clip_features"
+    for split in ("train2014", "val2014"):
+        argv = ["convert", "--input", str(roots["pooled"] / f"{split}.h5"), "--output", str(out / f"{split}.h5")]
+        assert fe_main(argv) == 0
+    assert "converted 2 images (36×2048 float16)" in capsys.readouterr().out.splitlines()[-1]
+    with h5py.File(out / "train2014.h5", "r") as f, h5py.File(roots["pooled"] / "train2014.h5", "r") as src:
+        assert f.attrs["layout"] == "contiguous" and f.attrs["model_fingerprint"] == "abc"
+        assert f.attrs["n_images"] == f.attrs["n_committed"] == 3 and bool(f.attrs["complete"])
+        assert f["features"].chunks == (1, 36, C) and f["features"].dtype == np.float16
+        ids = [i.decode() for i in f["ids"][()]]
+        assert ids == sorted(src.keys())
+        for k, i in enumerate(ids):  # the stored bits, unchanged
+            np.testing.assert_array_equal(f["features"][k], src[i][()])
+    store, ref = FeatureStore(out), FeatureStore(roots["pooled"])
+    assert store._contiguous_dataset(0)[2] == "chunk"
+    np.testing.assert_array_equal(store.read_batch(IDS[::-1]), ref.read_batch(IDS[::-1]))
+    assert fe_main(["verify", "--annotations", str(_ann(tmp_path, "good.json", IDS)), "--features", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("OK: all 5 image ids")
+    # VL-Adapter's archive: the 49-token grids as stored; read, they equal the archive's pooled features
+    grid = tmp_path / "vconv" / "all.h5"
+    assert fe_main(["convert", "--input", str(roots["vla"] / "data_clip_RN101_att"), "--output", str(grid)]) == 0
+    np.testing.assert_array_equal(FeatureStore(grid).read_batch(IDS), FeatureStore(roots["vla"]).read_batch(IDS))
+    np.testing.assert_array_equal(FeatureStore(grid, n_boxes=49)[IDS[2]], roots["grids"][IDS[2]].astype(np.float32))
+    capsys.readouterr()
+    # refusals, one sentence each, nothing written
+    odd = tmp_path / "odd.h5"
+    _small_file(odd, {"a": np.ones((36, 16), np.float16), "b": np.ones((36, 16), np.float32)})
+    cases = [
+        (["--input", str(roots["pooled"] / "val2014.h5"), "--output", str(out / "val2014.h5")], "already exists"),
+        (["--input", str(out / "val2014.h5"), "--output", str(tmp_path / "x.h5")], "already has the contiguous"),
+        (["--input", str(odd), "--output", str(tmp_path / "y" / "odd.h5")], "'b' in"),
+        (["--input", str(tmp_path / "none.h5"), "--output", str(tmp_path / "z.h5")], "does not exist"),
+        (["--input", str(odd), "--output", str(tmp_path / "z.hdf5")], "must end in .h5"),
+    ]
+    for argv, needle in cases:
+        assert fe_main(["convert"] + argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert list((tmp_path / "y").iterdir()) == []  # the failed conversion left no temporary file

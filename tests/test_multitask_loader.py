@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlrouting.data.multitask import MultitaskLoader, make_eval_loader
+from vlrouting.data.multitask import MultitaskLoader, loader_generator, make_eval_loader
 from vlrouting.data.tasks import build_tasks
 from vlrouting.errors import ConfigError, MissingFeatureError
 from vlrouting.models.tiny import train_tiny_tokenizer
@@ -182,6 +182,28 @@ def test_workers_give_the_same_batches(setup):
         same_batch(a, b)
     early = MultitaskLoader(sub, tasks, 3, seed=1, num_workers=2)
     assert len(run_epoch(early, 0, limit=2)) == 2  # stopping early shuts the workers down cleanly
+
+
+def test_loaders_leave_the_global_rng_alone(setup):
+    """The global torch RNG drives dropout and is what a checkpoint saves; a DataLoader iterator draws its workers'
+    base seed from it unless the loader has a generator, and the per-task iterators are created lazily (at other
+    steps after a resume), so the loaders must never draw from it — with or without workers, resumed or not."""
+    root, tok, tasks, datasets, stores = setup
+    sub = {n: datasets[n] for n in ("vqa", "nlvr")}
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for workers in (0, 2):
+        assert len(run_epoch(MultitaskLoader(sub, tasks, 3, seed=1, num_workers=workers), 0)) == 12
+    resumed = MultitaskLoader(sub, tasks, 3, seed=1)
+    resumed.load_state_dict({"epoch": 0, "consumed": 5})
+    assert len(run_epoch(resumed, 0)) == 7
+    val = tasks["vqa"].build_dataset(root, "val", tok, features=stores)
+    assert len([b for b in make_eval_loader(val, tasks["vqa"], 2)]) == 3
+    assert torch.equal(torch.get_rng_state(), before)
+    # each loader's own generator: reproducible, different per seed, epoch, rank and task
+    seeds = {loader_generator(*key).initial_seed() for key in [(1, 0, 0, "vqa"), (1, 0, 0, "nlvr"), (2, 0, 0, "vqa"),
+                                                               (1, 1, 0, "vqa"), (1, 0, 1, "vqa")]}
+    assert len(seeds) == 5 and loader_generator(1, 0, 0, "vqa").initial_seed() in seeds
 
 
 def test_eval_loader_shards(setup):

@@ -16,7 +16,7 @@ import torch
 
 from vlrouting.data.layout import DataSpec
 from vlrouting.data.tasks import (
-    IGNORE_INDEX, TASKS, build_tasks, get_task, list_tasks, sample_answer,
+    IGNORE_INDEX, TASKS, ExampleBatch, build_tasks, get_task, list_tasks, sample_answer,
 )
 from vlrouting.errors import ConfigError, DataError, MissingFeatureError
 from vlrouting.models.tiny import train_tiny_tokenizer
@@ -485,3 +485,63 @@ def test_with_the_real_evaluators(tokenizer, fixture_root, stores):
     nlvr = get_task("nlvr")
     val = build("nlvr", "val", tokenizer, fixture_root, stores)
     assert nlvr.headline(nlvr.evaluate({"valid-0-0-0": "false", "valid-1-0-0": "true"}, val)) == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------------------------------------ batched reads
+
+
+def assert_same_batch(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+        else:
+            assert got[k] == v, k
+
+
+@pytest.mark.parametrize("name,split", [("vqa", "train"), ("vqa", "val"), ("gqa", "train"), ("gqa", "test"),
+                                        ("nlvr", "train"), ("nlvr", "val"), ("caption", "train"), ("caption", "val")])
+def test_getitems_collates_like_per_example_reads(tokenizer, fixture_root, stores, name, split):
+    task = get_task(name)
+    for features in (None, stores):  # the packaged reader (batch reads), a store without read_batch
+        ds = task.build_dataset(fixture_root[0], split, tokenizer, features=features, seed=5)
+        ds.set_epoch(3)
+        n = len(ds)
+        for idx in (list(range(n)), [n - 1, 0, n - 1]):  # in order; reversed with a repeat
+            examples = ds.__getitems__(idx)
+            singles = [ds[i] for i in idx]
+            assert isinstance(examples, ExampleBatch) and len(examples) == len(idx)
+            for e, s in zip(examples, singles):
+                assert e.keys() == s.keys()
+                for k in s:
+                    if isinstance(s[k], np.ndarray):
+                        np.testing.assert_array_equal(e[k], s[k])
+                    else:
+                        assert e[k] == s[k], k
+            assert_same_batch(task.collate(examples), task.collate(singles))
+
+
+def test_batched_reads_in_workers_contiguous_and_mixed_stores(tmp_path, tokenizer, fixture_root, stores):
+    from feature_extraction.convert import convert
+    from vlrouting.data.features import FeatureStore
+
+    root, arrays = fixture_root
+    path = tmp_path / "nlvr.h5"
+    convert(root / "nlvr" / "clip_features" / "all.h5", path, verbose=False)
+    task = get_task("nlvr")
+    ds = build("nlvr", "train", tokenizer, fixture_root, {"nlvr": FeatureStore(path)})
+    want = [task.collate([ds[i] for i in b]) for b in ([0, 1, 2], [3, 4, 5])]
+    np.testing.assert_array_equal(want[0]["vis_feats"][2, 36:].numpy(), arrays["nlvr"]["train-2-0-img1"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=task.collate)
+    got = list(loader)  # __getitems__ in the workers, features in shared memory
+    assert len(got) == 2
+    for g, w in zip(got, want):
+        assert_same_batch(g, w)
+    # one batch from two feature datasets: each read as a batch, then placed
+    vqa = get_task("vqa")
+    ds = build("vqa", "val", tokenizer, fixture_root, stores)
+    ds.records = ds.records + [{**ds.records[0], "img_id": "n1", "_features": "GQA", "question_id": 7}]
+    ds.stores["GQA"] = stores["GQA"]
+    examples = ds.__getitems__([2, 0, 1])
+    assert_same_batch(vqa.collate(examples), vqa.collate([ds[2], ds[0], ds[1]]))
+    np.testing.assert_array_equal(examples.vis_feats[0].numpy(), arrays["GQA"]["n1"])

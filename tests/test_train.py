@@ -34,7 +34,7 @@ def common(bench, snap: Path, **extra) -> list[str]:
     opts = {
         "data.root": bench["root"], "model.backbone": bench["tiny"], "output.snap_dir": snap,
         "model.feat_dim": 512, "data.num_workers": 0, "train.eval_every": 0, "train.test_after": "false",
-        "train.log_every": 0, "model.dropout": 0.0,
+        "train.log_every": 0,
     }
     opts.update(extra)
     return [f"{k}={v}" for k, v in opts.items()]
@@ -53,6 +53,12 @@ def losses(run_dir: Path) -> list[tuple[str, float]]:
     ("vladapter_multiple_adapters", "trainable: 19,430,400 | total: 158,955,264 | trainable%: 12.22"),
     ("vladapter_single_lora", "trainable: 8,786,688 | total: 148,234,752 | trainable%: 5.93"),
     ("vladapter_multiple_lora", "trainable: 30,020,352 | total: 169,468,416 | trainable%: 17.71"),
+    ("vladapter_single_compacter", "trainable: 3,870,240 | total: 143,395,104 | trainable%: 2.70"),
+    ("vladapter_multiple_compacters", "trainable: 10,584,960 | total: 150,109,824 | trainable%: 7.05"),
+    ("vladapter_hyperformer", "trainable: 8,579,088 | total: 148,103,952 | trainable%: 5.79"),
+    ("vladapter_half_shared_adapters", "trainable: 12,725,760 | total: 152,250,624 | trainable%: 8.36"),
+    ("vladapter_single_prompt", "trainable: 2,843,936 | total: 142,417,952 | trainable%: 2.00"),
+    ("vladapter_multiple_prompts", "trainable: 6,627,200 | total: 146,201,216 | trainable%: 4.53"),
 ])
 def test_params_prints_vladapter_anchors(name, line, capsys):
     from vlrouting.__main__ import main
@@ -123,41 +129,148 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(syntheti
 # ----------------------------------------------------------------------------------------------- resume
 
 
-def _resume_args(bench, snap):
-    return ["--config", "multitask_adapter_comb3",
-            *common(bench, snap, **{"data.limit_train": 24, "train.epochs": 2, "train.batch_size": 8,
-                                    "train.checkpoint_every": 3, "train.lr": 3e-3})]
+#: A packaged config with every dropout of a real run: bart-base's 0.1 (the tiny backbone keeps bart-base's
+#: rates) and LoRA's 0.1. 12 training examples per task, base batch 8: 11 steps per epoch, 22 in all; checkpoints
+#: every 5 steps and at the end of each epoch.
+RESUME_CONFIG = "multitask_lora_single_mul"
+KILL_AT = "VLROUTING_FAULT_KILL_AT_STEP"
 
 
-def test_resume_after_kill_mid_epoch_gives_the_same_weights(synthetic_bench, tmp_path):
-    full = run_train(_resume_args(synthetic_bench, tmp_path / "a"))
-    assert full.returncode == 0, full.stderr[-3000:]
-    killed = run_train(_resume_args(synthetic_bench, tmp_path / "b"), env_extra={"VLROUTING_FAULT_KILL_AT_STEP": "5"})
-    assert killed.returncode == -signal.SIGKILL
-    run_b = tmp_path / "b" / "multitask_adapter_comb3" / "seed9595"
-    state = torch.load(run_b / "training_state.pt", weights_only=True)
-    assert state["step"] == 3 and state["epoch"] == 0  # mid-epoch checkpoint
-    resumed = run_train([*_resume_args(synthetic_bench, tmp_path / "b"), "--resume", "latest"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    run_a = tmp_path / "a" / "multitask_adapter_comb3" / "seed9595"
-    wa = load_file(str(run_a / "adapter_model.safetensors"))
-    wb = load_file(str(run_b / "adapter_model.safetensors"))
-    assert wa.keys() == wb.keys() and len(wa) > 0
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-    la, lb = losses(run_a), losses(run_b)
-    assert la[:5] == lb[:5] and la[3:] == lb[5:]  # b logged steps 1-5, died, resumed from step 3
+def _resume_args(bench, snap, **extra):
+    return ["--config", RESUME_CONFIG,
+            *common(bench, snap, **{"data.limit_train": 12, "train.epochs": 2, "train.batch_size": 8,
+                                    "train.checkpoint_every": 5, "train.lr": 3e-3, **extra})]
 
 
-def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(synthetic_bench, tmp_path):
-    died = run_train(_resume_args(synthetic_bench, tmp_path), env_extra={"VLROUTING_FAULT_KILL_IN_CHECKPOINT": "2"})
+def _run_dir(snap: Path) -> Path:
+    return snap / RESUME_CONFIG / "seed9595"
+
+
+def _checkpoint(run: Path) -> tuple[int, int, int]:
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    return state["step"], state["epoch"], state["loader"]["consumed"]
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    """Bit-identical trainable tensors and an identical step log (every loss and lr, each step once)."""
+    ref = load_file(str(reference / "adapter_model.safetensors"))
+    got = load_file(str(run / "adapter_model.safetensors"))
+    assert got.keys() == ref.keys() and len(ref) > 0
+    for key in ref:
+        assert torch.equal(got[key], ref[key]), (key, (got[key] - ref[key]).abs().max().item())
+    assert (run / "train_log.jsonl").read_text() == (reference / "train_log.jsonl").read_text()
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_bench, tmp_path_factory):
+    """The uninterrupted run every resumed one is compared with (data.num_workers=0)."""
+    snap = tmp_path_factory.mktemp("reference")
+    proc = run_train(_resume_args(synthetic_bench, snap))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(losses(_run_dir(snap))) == 22
+    return _run_dir(snap)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_after_kills_is_bit_identical_with_dropout(synthetic_bench, reference_run, tmp_path, workers):
+    """SIGKILL mid-epoch, resume; SIGKILL right after an epoch boundary, resume from the end-of-epoch checkpoint;
+    the weights and every logged loss equal the uninterrupted run's (which ran with 0 workers: the batches and the
+    dropout masks do not depend on the workers)."""
+    args = _resume_args(synthetic_bench, tmp_path, **{"data.num_workers": workers})
+    run = _run_dir(tmp_path)
+    killed = run_train(args, env_extra={KILL_AT: "7"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert _checkpoint(run) == (5, 0, 5)  # mid-epoch: 5 of epoch 0's 11 batches consumed
+    again = run_train([*args, "--resume", "latest"], env_extra={KILL_AT: "13"})
+    assert again.returncode == -signal.SIGKILL, again.stderr[-3000:]
+    assert _checkpoint(run) == (11, 1, 0)  # the end-of-epoch checkpoint: epoch 1, nothing consumed yet
+    steps = [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 14))  # steps 6-7 of the first attempt were cut on resume and logged again
+    # keys that may change on resume, changed (config.yaml then records them)
+    final = run_train([*args, "train.checkpoint_every=4", "train.log_every=5", "--resume", "latest"])
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "checkpoint_every: 4" in (run / "config.yaml").read_text()
+    _assert_same_run(run, reference_run)
+
+
+def test_failed_first_attempt_then_kill_during_checkpoint_write(synthetic_bench, reference_run, tmp_path):
+    """A first attempt dies before its first checkpoint; a fresh start dies while writing its second checkpoint
+    (after the temporary file is complete, before it replaces the first). The checkpoint is never torn, and the
+    resumed run equals the uninterrupted one, its logs holding nothing of the first attempt."""
+    args, run = _resume_args(synthetic_bench, tmp_path), _run_dir(tmp_path)
+    first = run_train(args, env_extra={KILL_AT: "2"})
+    assert first.returncode == -signal.SIGKILL and not (run / "training_state.pt").exists()
+    assert len(losses(run)) == 2
+    died = run_train(args, env_extra={"VLROUTING_FAULT_KILL_IN_CHECKPOINT": "2"})
     assert died.returncode == -signal.SIGKILL
-    run = tmp_path / "multitask_adapter_comb3" / "seed9595"
-    state = torch.load(run / "training_state.pt", weights_only=True)  # loads: not torn
-    assert state["step"] == 3
-    resumed = run_train([*_resume_args(synthetic_bench, tmp_path), "--resume", "latest"])
+    assert [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()] == list(range(1, 11))
+    assert _checkpoint(run) == (5, 0, 5)  # loads (not torn): the first checkpoint
+    resumed = run_train([*args, "--resume", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run / "results.json").read_text())["status"] == "completed"
+    _assert_same_run(run, reference_run)
+
+
+def test_ddp_resume_is_bit_identical_with_dropout(synthetic_bench, tmp_path):
+    """2 gloo processes: each rank continues its own RNG stream (its batches have their own shapes, so the ranks'
+    streams drift apart; restoring rank 0's on both changed every later mask of rank 1)."""
+    every = {"train.checkpoint_every": 3}  # 6 steps per epoch on each rank
+    full = run_train(_resume_args(synthetic_bench, tmp_path / "a", **every), nproc=2)
+    assert full.returncode == 0, full.stderr[-3000:]
+    args = _resume_args(synthetic_bench, tmp_path / "b", **every)
+    killed = run_train(args, nproc=2, env_extra={KILL_AT: "5"})
+    assert killed.returncode != 0
+    assert _checkpoint(_run_dir(tmp_path / "b")) == (3, 0, 3)
+    resumed = run_train([*args, "--resume", "latest"], nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(losses(_run_dir(tmp_path / "a"))) == 12  # 6 steps per epoch on each of 2 ranks
+    _assert_same_run(_run_dir(tmp_path / "b"), _run_dir(tmp_path / "a"))
+
+
+# ----------------------------------------------------------------------------------------------- resume rules
+
+
+def _snapshot(run: Path) -> dict:
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def unfinished_run(reference_run, tmp_path):
+    """The reference run as if killed during its test evaluation: every checkpoint written, no results.json."""
+    import shutil
+
+    run = _run_dir(tmp_path)
+    shutil.copytree(reference_run, run)
+    (run / "results.json").unlink()
+    return run
+
+
+def _resume_in_process(args, capsys, *extra) -> tuple[int, str]:
+    from vlrouting.train import main
+
+    code = main([*args, *extra, "--resume", "latest"])
+    return code, capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_configuration(synthetic_bench, unfinished_run, tmp_path, capsys):
+    args, run = _resume_args(synthetic_bench, tmp_path), unfinished_run
+    before = _snapshot(run)
+    code, err = _resume_in_process(args, capsys, "peft.routing=add", "train.lr=5e-4")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --resume latest: the configuration differs")
+    assert "(peft.routing: mul → add; train.lr: 0.003 → 0.0005)" in err and "another output.run" in err
+    code, err = _resume_in_process(args, capsys, "peft.method=adapter", "train.epochs=1", "data.num_workers=2")
+    assert code == 2 and err.count("\n") == 1
+    assert "(peft.method: lora → adapter; train.epochs: 2 → 1 (may only grow))" in err  # no KeyError
+    assert _snapshot(run) == before  # nothing written, config.yaml included
+
+
+def test_resume_of_a_finished_run_says_it_is_finished(synthetic_bench, reference_run, capsys):
+    before = _snapshot(reference_run)
+    code, err = _resume_in_process(_resume_args(synthetic_bench, reference_run.parents[1]), capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --resume latest: the run in {reference_run} is finished (results.json says "
+                          "completed after 22 steps, 2 epochs)")
+    assert _snapshot(reference_run) == before
 
 
 # ----------------------------------------------------------------------------------------------- bad input

@@ -23,6 +23,16 @@ This version keeps those semantics and makes them deterministic and resumable:
 
 With ``num_workers > 0`` each task's DataLoader gets its own workers (created per epoch, not persistent, so that
 ``dataset.set_epoch`` reaches them).
+
+**No loader touches the global torch RNG.** Creating a DataLoader iterator draws the workers' base seed from the
+loader's ``generator``, or from the global torch RNG when it has none. The per-task iterators are created lazily, at
+the step where a task first comes up, and after a mid-epoch resume at other steps than in the uninterrupted run:
+drawing from the global stream would shift every later dropout mask of a resumed run. Each per-task loader
+therefore gets its own ``torch.Generator`` seeded from (seed, epoch, rank, task) (:func:`loader_generator`), and the
+evaluation loaders one seeded from (seed, rank, task): worker seeds are reproducible, and the global stream —
+checkpointed with the training state — advances only through the model. Worker seeds do not make the data
+depend on which worker loads a batch: targets depend on (seed, epoch, index) only, so batches are identical for any
+``num_workers``.
 """
 
 from __future__ import annotations
@@ -31,11 +41,29 @@ from collections import Counter
 from typing import Iterator, Mapping
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vlrouting.errors import ConfigError
 
 STATE_VERSION = 1
+
+
+def loader_generator(*key: int | str) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``key`` (ints and strings, e.g. (seed, epoch, rank, task)).
+
+    The key goes through ``np.random.SeedSequence`` so that nearby keys give unrelated seeds; strings enter as
+    their UTF-8 bytes (stable across processes, unlike ``hash``)."""
+    entropy: list[int] = []
+    for part in key:
+        if isinstance(part, str):
+            entropy += [len(part), *part.encode()]
+        else:
+            entropy.append(int(part) % 2**64)
+    seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
 
 
 class MultitaskLoader:
@@ -131,6 +159,7 @@ class MultitaskLoader:
                     loader = DataLoader(
                         self.datasets[name], batch_sampler=_ListBatchSampler(self._batches(name, skipped[name])),
                         collate_fn=self.tasks[name].collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                        generator=loader_generator(self.seed, epoch, self.rank, name),
                     )
                     iterators[name] = iter(loader)
                 batch = next(iterators[name])
@@ -195,7 +224,8 @@ class ShardSampler(Sampler):
 
 
 def make_eval_loader(dataset: Dataset, task, batch_size: int, world_size: int = 1, rank: int = 0,
-                     num_workers: int = 0, pin_memory: bool = False, order: list[int] | None = None) -> DataLoader:
+                     num_workers: int = 0, pin_memory: bool = False, order: list[int] | None = None,
+                     seed: int = 0) -> DataLoader:
     """An evaluation DataLoader: dataset order, no shuffling, every example exactly once over all ranks.
 
     With ``world_size > 1`` rank r gets examples r, r + world, … (:class:`ShardSampler`; no padding, so no duplicate
@@ -203,14 +233,17 @@ def make_eval_loader(dataset: Dataset, task, batch_size: int, world_size: int = 
     merges the prediction dicts (e.g. ``torch.distributed.all_gather_object``) before ``task.evaluate``. With the
     default ``world_size=1`` one process sees everything (VL-Adapter evaluated on rank 0 only). Do not run collective
     operations per batch over these loaders: ranks may have different batch counts. ``order``: visit the examples in
-    this order instead (e.g. sorted by input length, so that batched generation pads little).
+    this order instead (e.g. sorted by input length, so that batched generation pads little). The loader has its own
+    generator (from ``seed``, ``rank`` and the task), so iterating it leaves the global torch RNG, and with it the
+    training after an evaluation, untouched.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is invalid; pass a positive evaluation batch size.")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank={rank} and world_size={world_size} are inconsistent; need 0 <= rank < world_size.")
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), world_size, rank, order),
-                      collate_fn=task.collate, num_workers=num_workers, pin_memory=pin_memory)
+                      collate_fn=task.collate, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=loader_generator(seed, rank, "eval", task.name))
 
 
-__all__ = ["MultitaskLoader", "make_eval_loader", "ShardSampler"]
+__all__ = ["MultitaskLoader", "make_eval_loader", "ShardSampler", "loader_generator"]

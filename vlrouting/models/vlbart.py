@@ -8,7 +8,8 @@ Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF mo
   (``<vis_extra_id_k>`` ↦ row V−1−k).
 - Encoder input (§3.3): [text ; visual]. Text gets BART's learned positions and ``layernorm_embedding``;
   visual tokens get neither. Dropout on the concatenation, then BART's own encoder layers. Mask = text mask
-  followed by ones.
+  followed by ones. A PEFT owner with ``encoder_prefix`` (prompt tuning) puts its embeddings before the text,
+  without positions but through ``layernorm_embedding``, and its mask before the text mask.
 - PEFT modules with routing (:mod:`vlrouting.peft`) and the two x_R sources of the paper (§5.1, Fig. 6):
   ``encoder`` — the last encoder hidden state mean-pooled over valid positions, fed to the decoder's modules;
   ``visual`` — the projected visual tokens, pooled, fed to encoder and decoder modules.
@@ -139,7 +140,13 @@ class VLBart(FamilyModel):
         input_ids, text_mask = batch["input_ids"], batch["attention_mask"]
         feats = batch["vis_feats"]
         text = enc.embed_tokens(input_ids)
-        text = enc.layernorm_embedding(text + enc.embed_positions(input_ids).to(text.dtype))
+        text = text + enc.embed_positions(input_ids).to(text.dtype)
+        prefix = getattr(getattr(self, "peft_owner", None), "encoder_prefix", None)  # e.g. prompt tuning (§3.3)
+        if prefix is not None:  # prepended without positions, through the embedding LayerNorm like the text
+            embeds, prefix_mask = prefix(batch.get("task"), input_ids.shape[0])
+            text = torch.cat([embeds.to(text.dtype), text], dim=1)
+            text_mask = torch.cat([prefix_mask.to(text_mask.dtype), text_mask], dim=1)
+        text = enc.layernorm_embedding(text)
         vis = self.visual_embedding(feats.to(text.dtype), batch["img_order_ids"], batch["obj_order_ids"])
         x_r_vis = vis.mean(dim=1, keepdim=True) if self.model_cfg.x_r_source == "visual" else None
         self.routing_state.set(batch.get("task"), encoder=x_r_vis, decoder=x_r_vis)

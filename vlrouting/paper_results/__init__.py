@@ -7,7 +7,9 @@ learning rate where the paper gives one. Improvements over a baseline are never 
 values (several printed deltas of the routing-functions paper are arithmetic slips).
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
-``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vit_gpt2`` — Tables 4, B5 (ViT+GPT-2 COCO captions).
+``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
+baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``vit_gpt2`` —
+Tables 4, B5 (ViT+GPT-2 COCO captions).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
-ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vit_gpt2")
+ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
+                                "vlrouting.paper_results.vit_gpt2")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"

@@ -23,10 +23,13 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
     """Wrap the target modules of ``model`` in place; returns the shared :class:`RoutingState`.
 
     A method with model-level parameters gets one owner, registered as ``peft_owner`` on ``owner_parent`` (the
-    family's model; ``model`` itself when not given) and passed to every wrapper. Routing that is configured but
-    reaches no wrapped module (every target on a side outside ``cfg.route_sides``) is an error, not a silent no-op.
+    family's model; ``model`` itself when not given) and passed to every wrapper; a method registered with
+    ``wraps=False`` (prompt tuning) gets its owner only, sized from the matched modules, which stay unwrapped.
+    Routing that is configured but reaches no wrapped module (every target on a side outside ``cfg.route_sides``)
+    is an error, not a silent no-op.
     """
     method = get_peft_method(cfg.method)
+    method.check(cfg)  # also run when the config was built; repeated for configs changed after that
     state = state if state is not None else RoutingState()
     model_type = model_type or getattr(getattr(model, "config", None), "model_type", None)
     targets = targets_for(model_type, method.placement, cfg.targets)
@@ -45,7 +48,7 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
     if method.owner is not None:
         owner = method.owner(cfg, found)
         (owner_parent if owner_parent is not None else model).peft_owner = owner
-    for name, module, side in found:
+    for name, module, side in found if method.wrapper is not None else ():  # owner-only methods wrap nothing
         wrapper = method.wrapper(module, cfg, side=side, routing_map=routing_map,
                                  route_enabled=side in cfg.route_sides, state=state, owner=owner)
         model.set_submodule(name, wrapper)

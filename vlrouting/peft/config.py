@@ -15,7 +15,8 @@ Side = Literal["encoder", "decoder"]
 class PeftConfig:
     """What to attach, where, and how it routes.
 
-    - ``method``: a registered PEFT method (``adapter``, ``lora``; see :mod:`vlrouting.peft.methods`).
+    - ``method``: a registered PEFT method (``adapter``, ``lora``, ``compacter``, ``hyperformer``,
+      ``half_shared_adapter``, ``prompt``; see :mod:`vlrouting.peft.registry`).
     - ``tasks``: the task names; ``shared=True`` is VL-Adapter's *single* module shared by all tasks,
       ``shared=False`` one module per task selected by the batch's task (*multiple*).
     - ``routing``: a routing function name, a Table 8 mix (``comb1``–``comb4``) or an explicit {task: routing}.
@@ -23,6 +24,16 @@ class PeftConfig:
       modules only; the ``visual`` source feeds both sides. Modules on other sides run the plain path.
     - Adapter: bottleneck = d_model // ``reduction_factor`` (8 → 96 on bart-base), ``adapter_act`` gelu_new.
     - LoRA: rank ``r``, scaling ``lora_alpha / r``, dropout ``lora_dropout`` on the input (and on x_R).
+    - Compacter (reference §3.8): Down/Up are PHM layers with ``phm_dim`` = n (VL-Adapter's
+      ``--hypercomplex_division``), each with its own n×n×n rule and a full (non-factorised) W; the rule is drawn
+      from N(0, ``phm_init_range``). Bottleneck as the adapter's (``reduction_factor``).
+    - Hyperformer (reference §3.8): a task embedding (``hyper_task_dim``) joined with a layer embedding goes through
+      Linear(2·task_dim → ``hyper_hidden_dim``) → ReLU → Linear(→ ``hyper_code_dim``) → LayerNorm; the code
+      generates each adapter's weights and biases. Needs ``shared: false`` (the task embedding selects the task).
+    - Half-shared adapters: ``half_shared`` names the projection all tasks share (``up`` or ``down``); the other
+      one is per task. Needs ``shared: false``.
+    - Prompt tuning (reference §3.8): ``prompt_len`` embeddings through Linear(d → ``prompt_mid_dim``) → tanh →
+      Linear(→ d), prepended to the encoder input; ``shared`` = one prompt for all tasks. No routing.
     - ``targets``: optional override of the per-architecture target table (list of [regex, side]).
     """
 
@@ -38,6 +49,14 @@ class PeftConfig:
     lora_dropout: float = 0.1
     init_std: float = 0.02
     targets: list[list[str]] | None = None
+    phm_dim: int = 2
+    phm_init_range: float = 0.01
+    hyper_task_dim: int = 512
+    hyper_hidden_dim: int = 128
+    hyper_code_dim: int = 8
+    half_shared: Literal["up", "down"] = "up"
+    prompt_len: int = 40
+    prompt_mid_dim: int = 800
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -47,6 +66,16 @@ class PeftConfig:
             raise ConfigError(f"peft.route_sides has unknown side(s) {bad}; use 'encoder' and/or 'decoder'.")
         if self.reduction_factor < 1 or self.r < 1:
             raise ConfigError("peft.reduction_factor and peft.r must be positive integers.")
+        sizes = ("phm_dim", "hyper_task_dim", "hyper_hidden_dim", "hyper_code_dim", "prompt_len", "prompt_mid_dim")
+        bad = [f"peft.{k}={getattr(self, k)!r}" for k in sizes if not getattr(self, k) >= 1]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)} must be positive integers.")
+        if self.half_shared not in ("up", "down"):
+            raise ConfigError(f"peft.half_shared must be 'up' or 'down' (the projection all tasks share), "
+                              f"got {self.half_shared!r}.")
+        from vlrouting.peft.registry import get_peft_method
+
+        get_peft_method(self.method).check(self)  # unknown methods and combinations the method cannot honour
 
     def to_dict(self) -> dict:
         return asdict(self)

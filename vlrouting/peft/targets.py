@@ -5,6 +5,8 @@ boundary) and ``side`` says whose x_R the module sees. BART follows VL-Adapter (
 after self-attention and FFN in the encoder, after self-, cross-attention and FFN in the decoder (30 positions),
 each inside the residual branch (wrapping ``out_proj``/``fc2`` puts it before dropout and the residual add);
 LoRA on ``q_proj``/``v_proj`` of encoder self-, decoder self- and decoder cross-attention (36 linears).
+Compacter, Hyperformer and half-shared adapters use the adapter positions; prompt tuning wraps nothing — its
+entry names the encoder's embedding LayerNorm, which the prompts pass through and which sizes them (§3.3, §3.8).
 RoBERTa and GPT-2 follow the paper's released code (reference/routing_official_spec.md §2): RoBERTa adapters in
 Houlsby placement, LoRA on ``query``/``value``; GPT-2 adapters after the attention and MLP output projections
 (``c_proj``, before dropout and the residual add) and the merged q|v LoRA (``merged_qv_lora``) on the fused ``c_attn``
@@ -32,6 +34,7 @@ TARGETS: dict[str, dict[str, list[tuple[str, str]]]] = {
             (_B + r"encoder\.layers\.\d+\.self_attn\.(?:q_proj|v_proj)$", "encoder"),
             (_B + r"decoder\.layers\.\d+\.(?:self_attn|encoder_attn)\.(?:q_proj|v_proj)$", "decoder"),
         ],
+        "prompt": [(_B + r"encoder\.layernorm_embedding$", "encoder")],  # sizes the prompts; not wrapped
     },
     "roberta": {
         "adapter": [

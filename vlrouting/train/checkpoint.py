@@ -1,9 +1,14 @@
 """Atomic training-state checkpoints for ``--resume latest`` (DESIGN §7).
 
 The state holds the trainable parameters, optimizer, scheduler, RNG states (torch, CUDA, numpy, python), the
-global step, the epoch and the multitask loader's position. It is written to a temporary file in the run
-directory and moved over ``training_state.pt`` with ``os.replace``, so a kill at any moment leaves either the
-previous complete checkpoint or the new one, never a torn file. It is read back with ``weights_only=True``.
+global step, the epoch and the multitask loader's position. The RNG states are every rank's (``rng_ranks``, gathered
+by :func:`gather_rng_states`): under DDP each rank draws its own dropout masks, and its stream advances by different
+amounts when its batches have other shapes, so restoring rank 0's stream on every rank would change rank 1's masks
+after a resume. ``rng`` (rank 0's, as in older checkpoints) serves when the number of processes changed.
+
+The state is written to a temporary file in the run directory and moved over ``training_state.pt`` with
+``os.replace``, so a kill at any moment leaves either the previous complete checkpoint or the new one, never a torn
+file. It is read back with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from vlrouting.errors import DataError
 from vlrouting.fileio import _umask
@@ -44,6 +50,25 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(world_size: int) -> list[dict]:
+    """Every rank's :func:`rng_state`, in rank order (a collective: call it on every rank)."""
+    mine = rng_state()
+    if world_size == 1:
+        return [mine]
+    states: list = [None] * world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def rng_state_for_rank(state: dict, rank: int, world_size: int) -> dict:
+    """The RNG state rank ``rank`` continues from: its own when the checkpoint was written with the same world
+    size, otherwise rank 0's (an epoch-boundary resume on another number of processes cannot be exact anyway)."""
+    ranks = state.get("rng_ranks")
+    if ranks and len(ranks) == world_size:
+        return ranks[rank]
+    return state["rng"]
 
 
 _SAVES = 0

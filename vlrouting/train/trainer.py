@@ -38,11 +38,13 @@ from vlrouting.errors import VLRoutingError
 from vlrouting.peft import save_peft
 from vlrouting.fileio import atomic_write_bytes
 from vlrouting.train.accel import LoaderTimer, adamw, configure_backends, maybe_compile
-from vlrouting.train.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from vlrouting.train.checkpoint import (gather_rng_states, rng_state, rng_state_for_rank, save_training_state,
+                                        set_rng_state)
 from vlrouting.train.dist import (
     DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, cleanup, init_distributed,
 )
 from vlrouting.train.predict import evaluate_split
+from vlrouting.train.resume import open_run
 
 
 class TrainingDiverged(VLRoutingError):
@@ -131,6 +133,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.tasks = build_tasks(cfg)
         preflight(cfg, self.tasks)  # every path and image id checked before anything is written
+        saved = open_run(cfg, info.is_main, resume)  # refuses a finished, changed or occupied run (train.resume)
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = build_model(cfg.model, cfg.peft, pretrained=True, tokenizer=self.tokenizer)
@@ -158,12 +161,8 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self.start_time = time.time()
         self.elapsed_before = 0.0
-        if resume:
-            self._restore(load_training_state(self.run_dir))
-        elif info.is_main:
-            if (self.run_dir / "training_state.pt").exists() or (self.run_dir / "results.json").exists():
-                raise VLRoutingError(f"run directory {self.run_dir} already holds a run; pass --resume latest to "
-                                     "continue it or choose another output.run.")
+        if saved is not None:
+            self._restore(saved)
         barrier(info)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,15 +193,16 @@ class Trainer:
                 params[name].copy_(t)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(rng_state_for_rank(state, self.info.rank, self.info.world_size))
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.loader.load_state_dict(state["loader"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
         log(self.info, None, f"resumed from {self.run_dir / 'training_state.pt'} at epoch {self.epoch}, step {self.step}")
 
     def save_checkpoint(self) -> None:
+        rngs = gather_rng_states(self.info.world_size)
         if self.info.is_main:
-            save_training_state(self.run_dir, self._state())
+            save_training_state(self.run_dir, {**self._state(), "rng_ranks": rngs})
             save_peft(self.model, self.run_dir, {"model": self.cfg.to_dict()["model"],
                                                  "peft": self.cfg.to_dict()["peft"]})
         barrier(self.info)
@@ -232,7 +232,8 @@ class Trainer:
         if any_rank(bad, self.info):
             raise TrainingDiverged(
                 f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}'; the last good "
-                f"checkpoint in {self.run_dir} is kept (try a lower train.lr or train.precision=fp32)."
+                f"checkpoint in {self.run_dir} is kept (start a new output.run with a lower train.lr or "
+                "train.precision=fp32)."
             )
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -14,8 +14,8 @@ from typing import Iterable
 
 from vlrouting.errors import ConfigError
 from vlrouting.data.tasks.base import (
-    IGNORE_INDEX, SPLITS, Column, DecodeSpec, FeatureSource, LossTerm, Source, Task, TaskDataset, best_answer,
-    example_mean_loss, sample_answer, token_losses,
+    IGNORE_INDEX, SPLITS, Column, DecodeSpec, ExampleBatch, FeatureSource, LossTerm, Source, Task, TaskDataset,
+    best_answer, example_mean_loss, sample_answer, token_losses,
 )
 from vlrouting.data.tasks.caption import CaptionTask
 from vlrouting.data.tasks.coco_lm import CocoLMTask
@@ -71,8 +71,8 @@ def build_tasks(names: Iterable[str] | str | None = None, *, use_task_prompts: b
 
 
 __all__ = [
-    "TASKS", "register_task", "list_tasks", "get_task", "build_tasks", "Task", "TaskDataset", "Source", "Column",
-    "LossTerm", "DecodeSpec", "FeatureSource", "TASK_SETS", "DEFAULT_TASK_SET", "TaskSet", "default_tasks",
+    "TASKS", "register_task", "list_tasks", "get_task", "build_tasks", "Task", "TaskDataset", "ExampleBatch", "Source",
+    "Column", "LossTerm", "DecodeSpec", "FeatureSource", "TASK_SETS", "DEFAULT_TASK_SET", "TaskSet", "default_tasks",
     "get_task_set", "register_task_set", "report_columns", "set_average", "table_values", "task_set_of",
     "TableColumn",
     "VQATask", "GQATask", "NLVRTask", "CaptionTask", "CocoLMTask", "SPLITS", "IGNORE_INDEX", "sample_answer",

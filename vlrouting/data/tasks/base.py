@@ -13,6 +13,13 @@ Behaviour reproduced from VL-Adapter (reference/vladapter_spec.md):
 - §5.2 per-task batch sizes as fixed ratios of the base batch size;
 - §4.3 decoding settings, set explicitly rather than inherited from a hub config (DESIGN §9).
 
+Batches are read whole: torch's DataLoader calls :meth:`TaskDataset.__getitems__` with a batch's indices, which
+tokenizes the texts in one call and reads every feature block of the batch with one
+:meth:`~vlrouting.data.features.FeatureStore.read_batch` per feature dataset into one ``(B, V, C)`` array (in shared
+memory inside a DataLoader worker, so the batch reaches the main process without another copy); :meth:`Task.collate`
+takes that array as it is (:class:`ExampleBatch`). ``dataset[i]`` + ``collate`` of a list of examples gives the same
+batch, bit for bit.
+
 The batch contract (what :meth:`Task.collate` returns, consumed by the model and the trainer)::
 
     {"task": str, "ids": list, "input_ids": (B, L) long, "attention_mask": (B, L) long,
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -336,7 +344,11 @@ class Task:
                            max_text_positions=spec.max_text_positions, datasets_root=root)
 
     def collate(self, examples: Sequence[dict]) -> dict:
-        """Stack examples into the batch contract (module docstring); right-pads text with the tokenizer's pad id."""
+        """Stack examples into the batch contract (module docstring); right-pads text with the tokenizer's pad id.
+
+        An :class:`ExampleBatch` (from :meth:`TaskDataset.__getitems__`) brings its visual arrays already batched:
+        they are used as they are, without a per-example copy.
+        """
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
         pad_id = examples[0]["pad_token_id"]
@@ -353,20 +365,21 @@ class Task:
             labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
             for i, e in enumerate(examples):
                 labels[i, : len(e["target_ids"])] = torch.as_tensor(e["target_ids"], dtype=torch.long)
-        shapes = {e["vis_feats"].shape for e in examples}
-        if len(shapes) != 1:
-            raise DataError(
-                f"Visual features of one {self.name} batch differ in shape ({sorted(shapes)}); "
-                "re-extract the features with one n_boxes and feature size."
-            )
+        if isinstance(examples, ExampleBatch):
+            vis_feats, img_order, obj_order = examples.vis_feats, examples.img_order_ids, examples.obj_order_ids
+        else:
+            check_block_shapes(self.name, [e["vis_feats"].shape for e in examples])
+            vis_feats = torch.from_numpy(np.stack([e["vis_feats"] for e in examples]))
+            img_order = torch.from_numpy(np.stack([e["img_order_ids"] for e in examples]))
+            obj_order = torch.from_numpy(np.stack([e["obj_order_ids"] for e in examples]))
         return {
             "task": self.name,
             "ids": [e["id"] for e in examples],
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "vis_feats": torch.from_numpy(np.stack([e["vis_feats"] for e in examples])),
-            "img_order_ids": torch.from_numpy(np.stack([e["img_order_ids"] for e in examples])),
-            "obj_order_ids": torch.from_numpy(np.stack([e["obj_order_ids"] for e in examples])),
+            "vis_feats": vis_feats,
+            "img_order_ids": img_order,
+            "obj_order_ids": obj_order,
             "labels": labels,
             "loss_weights": torch.tensor([e["loss_weight"] for e in examples], dtype=torch.float32),
             "targets": [e["target"] for e in examples],
@@ -417,6 +430,43 @@ def open_stores(root: Path, names: Sequence[str], features: FeatureSource, spec:
     raise ConfigError(f"features={features!r} is invalid; pass None, a mapping of stores or a callable.")
 
 
+def check_block_shapes(task_name: str, shapes) -> None:
+    """One visual block shape per batch, or a DataError saying how to make it so."""
+    shapes = set(shapes)
+    if len(shapes) != 1:
+        raise DataError(
+            f"Visual features of one {task_name} batch differ in shape ({sorted(shapes)}); "
+            "re-extract the features with one n_boxes and feature size."
+        )
+
+
+class ExampleBatch(list):
+    """The examples of one batch as :meth:`TaskDataset.__getitems__` reads them.
+
+    A list of the per-example dicts ``dataset[i]`` returns — their ``vis_feats`` / ``img_order_ids`` /
+    ``obj_order_ids`` are views into the batch arrays — plus those arrays as tensors: ``vis_feats`` (B, V, C) float32
+    and ``img_order_ids`` / ``obj_order_ids`` (B, V) long, which :meth:`Task.collate` puts into the batch as they are.
+    """
+
+    def __init__(self, examples: list[dict], vis_feats: torch.Tensor, img_order_ids: torch.Tensor,
+                 obj_order_ids: torch.Tensor):
+        super().__init__(examples)
+        self.vis_feats, self.img_order_ids, self.obj_order_ids = vis_feats, img_order_ids, obj_order_ids
+
+
+def feature_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor for a batch's features.
+
+    Inside a DataLoader worker it is allocated in shared memory (as torch's ``default_collate`` does for its
+    stacked tensors): the batch then travels to the main process as a handle, not as a copy of its bytes.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    elem = torch.empty(0, dtype=torch.float32)
+    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+    return elem.new(storage).view(shape)
+
+
 # --------------------------------------------------------------------------------------------------- the dataset
 
 
@@ -449,9 +499,16 @@ class TaskDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _limit(self, max_length: int | None) -> int:
+        return self.max_text_positions if max_length is None else min(max_length, self.max_text_positions)
+
     def _encode(self, text: str, max_length: int | None) -> list[int]:
-        limit = self.max_text_positions if max_length is None else min(max_length, self.max_text_positions)
-        return list(self.tokenizer(text, max_length=limit, truncation=True)["input_ids"])
+        return list(self.tokenizer(text, max_length=self._limit(max_length), truncation=True)["input_ids"])
+
+    def _encode_many(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        """Token ids of each text: one tokenizer call for the batch, the same ids as :meth:`_encode` text by text."""
+        ids = self.tokenizer(texts, max_length=self._limit(max_length), truncation=True)["input_ids"]
+        return [list(x) for x in ids]
 
     def __getitem__(self, index: int) -> dict:
         task, rec = self.task, self.records[index]
@@ -481,11 +538,93 @@ class TaskDataset(torch.utils.data.Dataset):
         lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
         return sorted(range(len(texts)), key=lambda i: lengths[i])
 
+    def __getitems__(self, indices: Sequence[int]) -> ExampleBatch:
+        """The examples of ``indices`` (what ``[self[i] for i in indices]`` gives), read as one batch.
+
+        torch's DataLoader calls this with each batch's indices. Texts go through the tokenizer in one call; the
+        feature blocks of all images of the batch are read with one ``read_batch`` per feature dataset into one
+        (B · images, n_boxes, C) buffer that is already the (B, V, C) batch array (NLVR2: img0 then img1 of each
+        example, 72 tokens).
+        """
+        task = self.task
+        indices = [int(i) for i in indices]
+        records = [self.records[i] for i in indices]
+        drawn = [task.target(rec, self.train, np.random.default_rng((self.seed, self.epoch, i)) if self.train else None)
+                 for i, rec in zip(indices, records)]
+        keys = [task.image_keys(rec) for rec in records]
+        per_example = {len(k) for k in keys}
+        if len(per_example) != 1:
+            raise DataError(f"{task.name} examples of one batch have different numbers of images "
+                            f"({sorted(per_example)}); check the annotation records of indices {indices}.")
+        n_img = per_example.pop()
+        feats = self._batch_features([key for k in keys for key in k])  # (B · n_img, V1, C)
+        b, v1 = len(indices), feats.shape[1]
+        vis = feats.view(b, n_img * v1, feats.shape[2])
+        img_order = torch.arange(n_img, dtype=torch.long).repeat_interleave(v1).repeat(b, 1)
+        obj_order = torch.arange(v1, dtype=torch.long).repeat(n_img).repeat(b, 1)
+        input_ids = self._encode_many([task.text(rec) for rec in records], task.max_input_length)
+        with_labels = task.has_labels(self.train)
+        target_ids = self._encode_many([t for t, _ in drawn], task.max_target_length) if with_labels else None
+        vis_np, img_np, obj_np = vis.numpy(), img_order.numpy(), obj_order.numpy()
+        examples = [{
+            "task": task.name,
+            "id": task.example_id(rec),
+            "input_ids": input_ids[k],
+            "target_ids": target_ids[k] if with_labels else None,
+            "target": drawn[k][0],
+            "loss_weight": float(drawn[k][1]),
+            "vis_feats": vis_np[k],
+            "img_order_ids": img_np[k],
+            "obj_order_ids": obj_np[k],
+            "pad_token_id": self.pad_token_id,
+        } for k, rec in enumerate(records)]
+        return ExampleBatch(examples, vis, img_order, obj_order)
+
+    def _batch_features(self, keys: list[tuple[str, str]]) -> torch.Tensor:
+        """(len(keys), n_boxes, C) float32 features of (feature dataset, image id) keys, in order."""
+        groups: dict[str, list[int]] = {}
+        for k, (ds, _) in enumerate(keys):
+            groups.setdefault(ds, []).append(k)
+        held: list[torch.Tensor] = []
+
+        def allocate(shape):
+            held.append(feature_buffer(shape))
+            return held[-1].numpy()
+
+        if len(groups) == 1:  # the usual case: straight into the batch buffer
+            self._read_group(self.stores[keys[0][0]], [i for _, i in keys], allocate)
+            return held[-1]
+        parts = {ds: self._read_group(self.stores[ds], [keys[k][1] for k in pos],
+                                      lambda shape: np.empty(shape, np.float32))
+                 for ds, pos in groups.items()}
+        check_block_shapes(self.task.name, [p.shape[1:] for p in parts.values()])
+        out = allocate((len(keys), *next(iter(parts.values())).shape[1:]))
+        for ds, pos in groups.items():
+            out[pos] = parts[ds]
+        return held[-1]
+
+    @staticmethod
+    def _read_group(store, ids: list[str], allocate) -> np.ndarray:
+        """``store.read_batch(ids)`` into ``allocate(shape)``; stores without ``read_batch`` are read id by id."""
+        if hasattr(store, "read_batch"):
+            return store.read_batch(ids, out=allocate)
+        first = np.asarray(store[ids[0]], dtype=np.float32)
+        out = allocate((len(ids), *first.shape))
+        out[0] = first
+        for k, img_id in enumerate(ids[1:], start=1):
+            block = np.asarray(store[img_id], dtype=np.float32)
+            if block.shape != first.shape:
+                raise DataError(f"Visual features of one batch differ in shape ({sorted({first.shape, block.shape})}"
+                                f", image '{img_id}'); re-extract the features with one n_boxes and feature size.")
+            out[k] = block
+        return out
+
     def __repr__(self) -> str:
         return f"TaskDataset(task={self.task.name!r}, split={self.split!r}, n={len(self)})"
 
 
 __all__ = [
-    "SPLITS", "IGNORE_INDEX", "Source", "Column", "LossTerm", "DecodeSpec", "Task", "TaskDataset", "FeatureSource",
+    "SPLITS", "IGNORE_INDEX", "Source", "Column", "LossTerm", "DecodeSpec", "Task", "TaskDataset", "ExampleBatch",
+    "FeatureSource",
     "sample_answer", "best_answer", "token_losses", "example_mean_loss", "read_json", "read_records",
 ]
