@@ -19,7 +19,8 @@ Faithfulness notes:
   code is ``--element_mul_expand``, i.e. x''_v; reference/routing_official_spec.md §6.21); Table 4 also labels
   x_t (x_v)ᵀ x_v as "x_t(x'_v)ᵀ x_v".
 - Improvements over ``none`` are not stored: derive them from the values. Six printed deltas are arithmetic slips
-  (:data:`PRINTED_DELTA_SLIPS`); every printed Avg equals the mean of its five metrics up to rounding.
+  (:data:`PRINTED_DELTA_SLIPS`; seven entries, Table B5 repeating one of Table 4's) — every other printed delta is
+  exactly the difference of the printed values; every printed Avg equals the mean of its five metrics up to rounding.
 - Table B5's GPT-2 base half repeats Table 4's Adapter r = 64 rows number for number (slip included).
 - No trainable-parameter column is printed for Tables 4/B5 (our exact counts: README, ``python -m vlrouting params``).
 """
