@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -51,7 +50,7 @@ def bench(tmp_path_factory):
     base = tmp_path_factory.mktemp("vit_gpt2")
     rng = np.random.default_rng(0)
     images, feats = [], {"train2014": {}, "val2014": {}}
-    for i, split in enumerate(["train"] * 16 + ["val"] * 2 + ["test"] * 3):
+    for i, split in enumerate(["train"] * 16 + ["val"] * 2 + ["test"] * 3 + ["restval"]):
         src = "train2014" if split == "train" else "val2014"
         name = f"COCO_{src}_{i:012d}"
         images.append({"filepath": src, "filename": name + ".jpg", "split": split, "cocoid": i,
@@ -76,7 +75,8 @@ def bench(tmp_path_factory):
 
 def build(bench, method="merged_qv_lora", routing="proj", recipe="paper", seed=0, randomize=True, **model_kw):
     """A tiny family model in eval mode; ``randomize`` gives every PEFT weight (B included) non-zero values."""
-    mc = ModelConfig(backbone=str(bench["gpt"]), tokenizer=str(bench["tok"]), feat_dim=D, recipe=recipe, **model_kw)
+    model_kw = {"feat_dim": D, **model_kw}
+    mc = ModelConfig(backbone=str(bench["gpt"]), tokenizer=str(bench["tok"]), recipe=recipe, **model_kw)
     pc = PeftConfig(method=method, tasks=["coco_lm"], routing=routing, r=4, lora_alpha=8, lora_dropout=0.0,
                     reduction_factor=8)
     torch.manual_seed(seed)
@@ -163,9 +163,30 @@ def test_b_zero_equals_the_frozen_model_and_only_peft_weights_train(bench):
     assert sum(p.requires_grad for p in released.parameters()) == 2 * 3 + 2 * 4  # + ln_1, ln_2 (never ln_f)
 
 
-def test_gpt2_has_no_plain_lora_target(bench):
-    with pytest.raises(ConfigError, match="merged_qv_lora"):
+def test_refusals_name_the_option(bench):
+    from vlrouting.errors import DataError
+
+    with pytest.raises(ConfigError, match="merged_qv_lora"):  # GPT-2 has no plain lora target (k would adapt)
         build(bench, method="lora")
+    with pytest.raises(ConfigError, match="model.recipe must be one of paper, released"):
+        ModelConfig(recipe="faithful")
+    with pytest.raises(ConfigError, match="model.adapter_placement"):
+        ModelConfig(adapter_placement="parallel")
+    with pytest.raises(ConfigError, match="pair ViT-B/16 with gpt2"):
+        build(bench, feat_dim=2 * D)
+    with pytest.raises(DataError, match="one pooled ViT vector of width 32"):
+        build(bench).generate({"task": "coco_lm", "vis_feats": torch.zeros(2, 197, D)})
+
+
+def test_coco_lm_reads_karpathy_train_one_example_per_caption(bench):
+    from vlrouting.data.tasks import get_task
+
+    task = get_task("coco_lm")
+    train = task.load_records(bench["root"], "train")
+    test = task.load_records(bench["root"], "test")
+    assert len(train) == 16 * 2 and {r["img_id"][5:14] for r in train} == {"train2014"}  # restval excluded
+    assert len(test) == 3 and all(len(r["references"]) == 2 for r in test)
+    assert [c.title for c in task.columns()] == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "Avg"]
 
 
 # ----------------------------------------------------------------------------------------------- loss recipes

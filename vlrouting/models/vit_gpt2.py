@@ -333,9 +333,9 @@ def build_vit_gpt2(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretr
                         f"{gpt.config.vocab_size} embeddings; use the backbone's own tokenizer.")
     width = model_cfg.width()
     if width != gpt.config.n_embd:
-        raise ConfigError(f"the ViT features are {width} wide but GPT-2 '{model_cfg.backbone}' embeds {gpt.config.n_embd} "
-                          "dimensions, and the pooled vector is fed as a prefix token unprojected; pair ViT-B/16 with "
-                          "gpt2 and ViT-L/16 with gpt2-medium.")
+        raise ConfigError(f"the ViT features are {width} wide but GPT-2 '{model_cfg.backbone}' embeds "
+                          f"{gpt.config.n_embd} dimensions, and the pooled vector is fed as a prefix token "
+                          "unprojected; pair ViT-B/16 with gpt2 and ViT-L/16 with gpt2-medium.")
     eos = gpt.config.eos_token_id
     gpt.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)  # nothing inherited
     gpt.requires_grad_(False)

@@ -69,7 +69,8 @@ class PaperRow:
             "key": self.key, "table": self.table, "block": self.block, "label": self.label,
             "routing": self.routing, "values": dict(self.values), "std": dict(self.std) if self.std else None,
             "decimals": self.decimals,
-            "column_decimals": dict(self.column_decimals) if self.column_decimals else None, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
+            "column_decimals": dict(self.column_decimals) if self.column_decimals else None,
+            "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
             "trainable_percent": self.trainable_percent, "note": self.note,
         }
