@@ -294,6 +294,26 @@ def test_save_load_round_trip(bench, tmp_path, method, recipe, n_tensors):
         assert torch.equal(other(batch).logits, want)
 
 
+
+def test_full_fine_tuning_exports_a_backbone_later_runs_load(bench, tmp_path):
+    """peft: null trains all of GPT-2; export_pretrained writes it (and the tokenizer) as a backbone folder."""
+    mc = ModelConfig(backbone=str(bench["gpt"]), tokenizer=str(bench["tok"]), feat_dim=D)
+    full = build_vit_gpt2(mc, None).eval()
+    assert all(p.requires_grad for p in full.parameters())
+    with torch.no_grad():
+        full.gpt.transformer.h[1].mlp.c_fc.weight.add_(0.5)
+    full.export_pretrained(tmp_path / "warm", bench["tokenizer"])
+    warm = build_vit_gpt2(ModelConfig(backbone=str(tmp_path / "warm"), tokenizer=str(tmp_path / "warm"), feat_dim=D),
+                          None).eval()
+    enc = bench["tokenizer"](["a red circle next to a blue square."], return_tensors="pt")
+    batch = {"task": "coco_lm", "vis_feats": prefixes(1), "caption_ids": enc.input_ids,
+             "caption_mask": enc.attention_mask, "caption_limit": 50}
+    with torch.no_grad():
+        assert torch.equal(warm(batch).logits, full(batch).logits)
+        assert not torch.equal(build_vit_gpt2(mc, None).eval()(batch).logits, full(batch).logits)
+    with pytest.raises(ConfigError, match="has PEFT modules"):
+        build(bench).export_pretrained(tmp_path / "no", bench["tokenizer"])
+
 # ----------------------------------------------------------------------------------------------- DDP
 
 

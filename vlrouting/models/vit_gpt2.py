@@ -281,6 +281,15 @@ class ViTGPT2(FamilyModel):
         ids = self.generate(batch, self.generation_config(task))
         return [" ".join(text.split()) for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
+    def export_pretrained(self, out_dir, tokenizer) -> None:
+        """GPT-2 + tokenizer with ``save_pretrained`` (load with ``model.backbone=DIR``): a fully fine-tuned or
+        warmed-up captioner that later PEFT runs start from, the way they start from ``gpt2``."""
+        if peft_wrappers(self.gpt):
+            raise ConfigError("export writes a fully fine-tuned GPT-2 as a backbone folder, but this run has PEFT "
+                              "modules; export a run trained with peft: null.")
+        self.gpt.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+
 
 def share_adapters_per_block(gpt) -> None:
     """One adapter per block at both positions (the released ``Adapter``): the MLP position uses the attention
