@@ -1,10 +1,11 @@
-# vlrouting: `make demo` runs the synthetic end-to-end pipeline, `make test` the test suite.
+# vlrouting: `make demo` runs the synthetic end-to-end pipeline, `make test` the test suite, `make demo-readme`
+# reruns the demo and writes its closing block into README.md (run it in every change that moves the demo's numbers).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo demo-readme install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+demo-readme: demo
+	$(PY) -m vlrouting demo-report snap/demo --readme README.md
 
 clean:
 	rm -rf $(VENV) snap/demo

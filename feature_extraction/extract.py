@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import os
 import platform
 import random
 import sys
@@ -49,9 +48,10 @@ import torch
 
 from vlrouting.data.features import LAYOUTS, PER_IMAGE
 from vlrouting.errors import ConfigError, DataError
+from vlrouting.fileio import atomic_write_text, check_writable, remove_orphans
 
 from . import model as M
-from .h5writer import H5Writer, finalize_partial, scan, settings_mismatch, stored_layout
+from .h5writer import H5Writer, finalize_partial, partial_path, scan, settings_mismatch, stored_layout
 from .images import DATASETS, ChunkDataset, Job, folder_job, list_images, preset_jobs, worker_init
 
 SYNTHETIC_DEFAULTS = {"model": "RN-tiny", "pretrained": "none", "recalibrate_bn": 256, "standardize": True}
@@ -301,6 +301,9 @@ class Extractor:
         return results
 
     def _plan(self, job: Job) -> dict:
+        report = job.output.with_name(job.output.stem + ".bad_images.txt")
+        # temporary files a killed run of this job left (only this job's: other splits may be extracting now)
+        remove_orphans(job.output.parent, [job.output.name, partial_path(job.output).name, report.name])
         where, done, stored = scan(job.output)
         mismatch = settings_mismatch(stored, self.settings()) if where else []
         if mismatch:
@@ -315,7 +318,6 @@ class Extractor:
         ids = list(job.images)
         todo = [i for i in ids if i not in done]
         res = JobResult(job.name, job.output, skipped_done=len(ids) - len(todo))
-        report = job.output.with_name(job.output.stem + ".bad_images.txt")
         todo_set = set(todo)
         bs = self.opts.batch_size
         # Fixed chunk positions over the full sorted id list: a resumed chunk is recomputed whole, so the batch
@@ -358,9 +360,7 @@ class Extractor:
 
 def _write_report(path: Path, bad: list) -> None:
     lines = ["# image_id\tpath\treason"] + [f"{i}\t{p}\t{r}" for i, p, r in bad]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def extract(jobs: list[Job], opts: ExtractOptions | None = None) -> list[JobResult]:
@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.output.endswith(".h5"):
             raise ConfigError(f"--output {args.output} must end in .h5 (the reader looks for *.h5 files).")
         jobs = [folder_job(Path(args.images), Path(args.output), [Path(a) for a in args.annotations or []])]
+        check_writable(Path(args.output).parent, "--output")  # now, not after the forward passes
         defaults = REAL_DEFAULTS
     elif args.dataset:
         if args.output or args.annotations:
@@ -436,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.root).is_dir():
             raise DataError(f"--root {args.root} is not a folder; pass the datasets root (e.g. --root datasets).")
         jobs = preset_jobs(Path(args.root), args.dataset, args.split, args.all_images)
+        for job in jobs:
+            check_writable(job.output.parent, "--root")
         defaults = SYNTHETIC_DEFAULTS if args.dataset == "synthetic" else REAL_DEFAULTS
     else:
         raise ConfigError("say what to extract: --dataset {coco,vg,gqa,nlvr,synthetic} [--root DIR] or "

@@ -11,9 +11,9 @@ attributes in both:
 
 Protocol:
 
-* A run writes into ``<split>.h5.partial`` and renames it to ``<split>.h5`` only when the split is complete, so a
+* A run writes into ``<split>.h5.partial`` and renames it to ``<split>.h5`` (fsync, then ``os.replace``) only when the split is complete, so a
   reader never sees a half-extracted split and an existing complete file is never modified in place (adding
-  images to it first copies it to ``.partial``).
+  images to it first copies it to ``.partial``, atomically).
 * Each batch, per-image: create the batch's datasets → flush → set each dataset's ``complete`` attribute → flush.
   Contiguous: grow both datasets and write the batch's rows → flush → set the root attribute ``n_committed`` to the
   new row count → flush. After a kill (even ``kill -9``) the ``.partial`` file holds everything up to the last
@@ -39,6 +39,7 @@ import numpy as np
 
 from vlrouting.data.features import CONTIGUOUS, FEATURES, IDS, LAYOUT_ATTR, PER_IMAGE
 from vlrouting.errors import ConfigError
+from vlrouting.fileio import atomic_path, fsync_replace
 
 COMPLETE = "complete"
 N_COMMITTED = "n_committed"  # contiguous layout: rows [0, n_committed) are complete
@@ -135,7 +136,7 @@ def finalize_partial(output: Path, attrs: dict) -> None:
         for key, value in attrs.items():
             f.attrs[key] = value
         f.attrs[COMPLETE] = True
-    os.replace(part, output)
+    fsync_replace(part, output)  # on disk before it gets the name readers trust
 
 
 class H5Writer:
@@ -147,9 +148,8 @@ class H5Writer:
         self.partial = partial_path(self.output)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if where == "final":
-            tmp = self.partial.with_name(self.partial.name + ".copy")
-            shutil.copyfile(self.output, tmp)
-            os.replace(tmp, self.partial)
+            with atomic_path(self.partial) as tmp:
+                shutil.copyfile(self.output, tmp)
         self.file = h5py.File(self.partial, "r+" if where in ("final", "partial") else "w")
         for key, value in attrs.items():
             self.file.attrs[key] = value

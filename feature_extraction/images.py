@@ -14,8 +14,8 @@ VL-Adapter's data uses (reference/vladapter_spec.md §1.1, §1.7) — which the 
 ``synthetic`` runs all four. An image's id is its file name up to the first dot (``COCO_train2014_000000458752``,
 ``2375429``, ``n161313``, ``train-10171-0-img0``), as the annotation files name images.
 
-Preprocessing (VL-Adapter ``coco_CLIP.py``): RGB, resized to exactly size×size with bicubic interpolation — the
-aspect ratio is *not* kept — then CLIP mean/std normalisation.
+Preprocessing (VL-Adapter ``coco_CLIP.py``): RGB (16-bit grayscale scaled to 8 bits, see :func:`to_rgb`), resized to
+exactly size×size with bicubic interpolation — the aspect ratio is *not* kept — then CLIP mean/std normalisation.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 
 from vlrouting.data.layout import COLLECTIONS, feature_file, image_id
 from vlrouting.errors import ConfigError, DataError
+from vlrouting.fileio import is_plain_name
 
 from .model import CLIP_MEAN, CLIP_STD
 
@@ -92,6 +93,10 @@ def referenced_ids(annotation: Path) -> list[str]:
     if not ids:
         raise DataError(f"annotation file {annotation} references no images (expected records with img_id, "
                         f"img0/img1, or a Karpathy 'images' list).")
+    for i in ids:
+        if not is_plain_name(i):
+            raise DataError(f"annotation file {annotation} references image id {i!r}, which would point outside its "
+                            f"image folder; image ids are file names without folders — fix the file.")
     return list(dict.fromkeys(ids))
 
 
@@ -151,12 +156,34 @@ def folder_job(images_dir: Path, output: Path, annotations: list[Path] | None = 
     return Job(Path(output).stem, Path(output), images, source, [images_dir])
 
 
+#: PIL modes of 16-bit (and 32-bit integer) grayscale images, e.g. 16-bit PNGs.
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(im):
+    """An 8-bit RGB copy of a PIL image of any mode (VL-Adapter: ``convert('RGB')``, which drops alpha).
+
+    16-bit grayscale is *scaled* to 8 bits (``round(v / 257)``, so 65535 → 255) instead of being clipped at 255 as
+    ``convert`` does; ``I`` images are read as 16-bit values. A palette image with a transparent colour goes through
+    RGBA, as PIL recommends; every other mode (L, LA, 1, P, CMYK, RGBA, YCbCr, …) is PIL's own conversion.
+    """
+    from PIL import Image
+
+    if im.mode in _WIDE_GRAY:
+        wide = np.clip(np.asarray(im, dtype=np.float64), 0, 65535)
+        im = Image.fromarray(np.rint(wide / 257.0).astype(np.uint8), mode="L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
 def load_image(path: Path, size: int = 224) -> torch.Tensor:
-    """(3, size, size) float32: RGB, bicubic resize to size×size (aspect ratio not kept), CLIP normalisation."""
+    """(3, size, size) float32: RGB (:func:`to_rgb`), bicubic resize to size×size (aspect ratio not kept), CLIP
+    normalisation."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = to_rgb(im)
         if im.size != (size, size):
             im = im.resize((size, size), Image.BICUBIC)
         arr = np.asarray(im, dtype=np.float32)

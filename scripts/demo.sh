@@ -17,13 +17,12 @@ WARMUP_NPROC=${WARMUP_NPROC:-1}
 THREADS=$(( NPROC > 1 ? 1 : 2 ))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS} TOKENIZERS_PARALLELISM=false PYTHON="$PY"
 T0=$(date +%s)
-TIMES=()
 stage() {  # stage NAME CMD...: run, time and record a stage
   local name=$1 t=$(date +%s)
   shift
   echo "== $name"
   "$@"
-  TIMES+=("$(printf '%-42s %4ds' "$name" $(( $(date +%s) - t )))")
+  printf '%s\t%d\n' "$name" $(( $(date +%s) - t )) >> "$OUT/stage_times.tsv.part"
 }
 
 rm -rf "$OUT"
@@ -71,10 +70,11 @@ for NAME in multitask_adapter_multiple_none multitask_adapter_comb3; do
 done
 stage "7 aggregate" "$PY" -m vlrouting aggregate "$OUT/multitask_adapter_multiple_none" \
   "$OUT/multitask_adapter_comb3" --out "$OUT"
+"$PY" -m vlrouting baselines --root "$WORK/datasets" --out "$OUT/baselines.json" > "$WORK/baselines.log" 2>&1 \
+  || { cat "$WORK/baselines.log" >&2; exit 1; }
+printf 'total\t%d\n' $(( $(date +%s) - T0 )) >> "$OUT/stage_times.tsv.part"
+mv "$OUT/stage_times.tsv.part" "$OUT/stage_times.tsv"
+# The closing block (machine, table, baselines, stage times) comes from the files above; `make demo-readme`
+# writes the same block into the README.
 echo
-"$PY" -m vlrouting baselines --root "$WORK/datasets" --out "$OUT/baselines.json" 2>&1 | grep -v '^PTBTokenizer'
-echo
-echo "Stage times (2 CPU cores):"
-printf '  %s\n' "${TIMES[@]}"
-echo "  total                                      $(( $(date +%s) - T0 ))s"
-echo "Table, CSV, plot, baselines: $OUT/results.md $OUT/results.csv $OUT/results.png $OUT/baselines.json"
+"$PY" -m vlrouting demo-report "$OUT"

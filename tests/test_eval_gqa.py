@@ -58,7 +58,7 @@ def test_cli_gqa_missing_file_exit_2(tmp_path):
     refs.write_text(json.dumps(DATA))
     proc = subprocess.run(
         [sys.executable, "-m", "vlrouting", "eval", "--task", "gqa", "--predictions", str(tmp_path / "nope.json"),
-         "--references", str(refs)], capture_output=True, text=True, timeout=60)
+         "--references", str(refs)], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nope.json does not exist" in lines[0] and lines[0].startswith("error: ")

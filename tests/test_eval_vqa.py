@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from vlrouting.errors import DataError
+from vlrouting.errors import ConfigError, DataError
 from vlrouting.evaluation import cli
 from vlrouting.evaluation.vqa import (
     QUESTION_GROUPS,
+    VERSIONS,
     evaluate_vqa,
     normalize_answer,
     vqa_accuracy,
@@ -195,7 +196,7 @@ def test_cli_vqa_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "vlrouting", "eval", "--task", "vqa", "--predictions", str(preds),
          "--references", str(refs), "--out", str(out), "--submission", str(sub)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
     assert metrics == evaluate_vqa(PREDICTIONS, ANNOTATIONS)
@@ -226,3 +227,64 @@ def test_cli_vqa_bad_files(tmp_path):
     with pytest.raises(DataError, match=r"lacks 'question_id' or 'answer'"):
         bad.write_text(json.dumps([{"qid": 1}]))
         cli.main(["--task", "vqa", "--predictions", str(bad), "--references", str(refs)])
+
+
+# ----------------------------------------------------------------------------------------- vqaEval.py revisions
+# Hand-computed with the leave-one-out rule: with n answers of which m match, an answer position that matches sees
+# m - 1 matches among the other nine, one that does not sees m; accuracy = mean of min(1, k/3) over the ten.
+
+REVISION_CASES = [
+    # (prediction, answers, 2017, 2021)
+    # unanimous "2": 2017 normalises the prediction ("two" -> "2"); 2021 processes nothing when all ten agree
+    ("two", ten("2"), 1.0, 0.0),
+    # unanimous "Two": 2017 lower-cases and digit-maps the prediction only ("Two" -> "2" != "Two"); 2021 compares raw
+    ("Two", ten("Two"), 0.0, 1.0),
+    # unanimous "yes", prediction "Yes.": normalised to "yes" by 2017, compared raw by 2021
+    ("Yes.", ten("yes"), 1.0, 0.0),
+    # unanimous " yes": 2017 compares the answers unstripped; 2021 strips both sides
+    ("yes", ten(" yes"), 0.0, 1.0),
+    # disagreeing 2 x "two" / 8 x "three": 2017 keeps "two" (punctuation only) vs the prediction's "2" -> 0 matches;
+    # 2021 maps the answers too: 2 matches -> (2 x 1/3 + 8 x 2/3) / 10 = 0.6
+    ("two", ["two"] * 2 + ["three"] * 8, 0.0, 0.6),
+    # disagreeing 3 x "a dog" / 7 x "cat": articles are dropped from the answers only by 2021:
+    # 3 matches -> (3 x 2/3 + 7 x 1) / 10 = 0.9
+    ("dog", ["a dog"] * 3 + ["cat"] * 7, 0.0, 0.9),
+    # disagreeing answers that differ in case: 2017 leaves "Yes" capitalised (4 of 10 never match "yes");
+    # prediction "yes" matches the 6 others -> 1.0 in both
+    ("yes", ["Yes"] * 4 + ["yes"] * 6, 1.0, 1.0),
+    # disagreeing, 1 x "red" of 10: one match -> (1 x 0 + 9 x 1/3) / 10 = 0.3 in both
+    ("Red", ["red"] + ["blue"] * 9, 0.3, 0.3),
+]
+
+
+@pytest.mark.parametrize("prediction, answers, v2017, v2021", REVISION_CASES)
+def test_vqa_accuracy_by_revision(prediction, answers, v2017, v2021):
+    assert vqa_accuracy(prediction, answers) == pytest.approx(v2017, abs=1e-12)  # 2017 is the default
+    assert vqa_accuracy(prediction, answers, version="2017") == pytest.approx(v2017, abs=1e-12)
+    assert vqa_accuracy(prediction, answers, version="2021") == pytest.approx(v2021, abs=1e-12)
+
+
+def test_evaluate_vqa_by_revision_and_cli_option(tmp_path, capsys):
+    assert VERSIONS == ("2017", "2021")
+    annotations = [{"question_id": i, "answers": answers, "answer_type": "other"}
+                   for i, (_, answers, _, _) in enumerate(REVISION_CASES)]
+    predictions = {i: p for i, (p, _, _, _) in enumerate(REVISION_CASES)}
+    n = len(REVISION_CASES)
+    out17 = evaluate_vqa(predictions, annotations)
+    out21 = evaluate_vqa(predictions, annotations, version="2021")
+    assert out17["version"] == "2017" and out21["version"] == "2021"
+    assert out17["overall"] == round(100 * (1 + 0 + 1 + 0 + 0 + 0 + 1 + 0.3) / n, 2) == 41.25
+    assert out21["overall"] == round(100 * (0 + 1 + 0 + 1 + 0.6 + 0.9 + 1 + 0.3) / n, 2) == 60.0
+    with pytest.raises(DataError, match="version '2019' is unknown"):
+        evaluate_vqa(predictions, annotations, version="2019")
+    refs, preds = tmp_path / "refs.json", tmp_path / "preds.json"
+    refs.write_text(json.dumps(annotations))
+    # the trainer's own prediction file format: [{"id", "prediction"}]
+    preds.write_text(json.dumps([{"id": i, "prediction": p} for i, p in predictions.items()]))
+    argv = ["--task", "vqa", "--predictions", str(preds), "--references", str(refs)]
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == 41.25
+    assert cli.main(argv + ["--vqa-version", "2021"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == 60.0
+    with pytest.raises(ConfigError, match="--vqa-version only applies to --task vqa"):
+        cli.main(["--task", "gqa", "--predictions", str(preds), "--references", str(refs), "--vqa-version", "2021"])

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from feature_extraction.__main__ import main as fe_main
-from vlrouting.data.features import FeatureStore, adaptive_max_pool_grid, open_feature_store
+from vlrouting.data.features import (
+    FeatureStore, adaptive_max_pool_grid, channel_dims, check_finite, open_feature_store,
+)
 from vlrouting.errors import ConfigError, DataError, MissingFeatureError
 
 IDS = [f"COCO_train2014_{i:012d}" for i in (9, 25, 30)] + [f"COCO_val2014_{i:012d}" for i in (42, 73)]
@@ -313,4 +315,54 @@ def test_convert_per_image_to_contiguous(roots, tmp_path, capsys):
         assert fe_main(["convert"] + argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
-    assert list((tmp_path / "y").iterdir()) == []  # the failed conversion left no temporary file
+    assert not (tmp_path / "y").exists()  # the failed conversion left nothing, not even the folder it made
+
+
+# ----------------------------------------------------------------------------------------- non-finite features
+
+
+def test_check_finite_names_the_image_and_file_of_one_or_of_a_stacked_block():
+    good = np.ones((36, 4), np.float16)
+    assert check_finite(good, "a", "f.h5") is good
+    bad = good.copy()
+    bad[5, 1] = np.inf
+    with pytest.raises(DataError, match=r"^features of image 'a' in f\.h5 contain NaN or Inf values; re-extract"):
+        check_finite(bad, "a", lambda: "f.h5")  # the file may be given lazily
+    block = np.stack([good, bad, good, bad.astype(np.float32) * np.nan])  # a batched read of four images
+    with pytest.raises(DataError, match=r"image 'id1' \(and 1 more image\(s\) of that read\) in b\.h5"):
+        check_finite(block, ["id0", "id1", "id2", "id3"], "b.h5")
+    check_finite(np.stack([good, good]), ["x", "y"], "b.h5")
+
+
+class _NanSet(torch.utils.data.Dataset):
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.store[IDS[i]]
+
+
+def test_nan_features_raise_one_sentence_also_from_a_dataloader_worker(roots, tmp_path):
+    folder = tmp_path / "COCO" / "clip_features"
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "train2014.h5", "w") as f:
+        f.create_dataset(IDS[0], data=_torch_pool(roots["grids"][IDS[0]]).astype(np.float16))
+        broken = _torch_pool(roots["grids"][IDS[1]]).astype(np.float16)
+        broken[0, 0] = np.nan
+        f.create_dataset(IDS[1], data=broken)
+    store = FeatureStore(folder)
+    assert store[IDS[0]].shape == (36, C)
+    sentence = (f"features of image '{IDS[1]}' in {folder / 'train2014.h5'} contain NaN or Inf values; re-extract "
+                f"that file (python -m feature_extraction extract) or drop the image from the annotations.")
+    with pytest.raises(DataError) as direct:
+        store[IDS[1]]
+    assert str(direct.value) == sentence
+    # torch re-raises a worker's exception as type(text with the worker's traceback): the sentence survives alone
+    loader = torch.utils.data.DataLoader(_NanSet(store), batch_size=None, num_workers=1)
+    with pytest.raises(DataError) as from_worker:
+        list(loader)
+    assert str(from_worker.value) == sentence
+    assert channel_dims(store) == {str(folder / "train2014.h5"): C}

@@ -225,3 +225,96 @@ def test_loader_errors(setup):
         MultitaskLoader(datasets, tasks, 3, world_size=2, rank=2)
     with pytest.raises(ConfigError, match="batch size 0"):
         MultitaskLoader(datasets, tasks, 0)
+
+
+# ------------------------------------------------------------------------------ workers: buffers, epochs, pinning
+
+from vlrouting.data import shm  # noqa: E402
+
+
+def test_recycled_buffers_are_never_overwritten_while_referenced(setup):
+    """One worker per task with 3 recycled feature buffers (prefetch 1 + 2). A consumer that keeps every batch, or
+    only a view / numpy array of its features, must see them unchanged after later batches were read: such a buffer
+    stays leased and the worker falls back to fresh memory. A consumer that drops each batch gets its buffers
+    recycled. Any release before the last reference is gone (at the next batch, when the batch dict dies, ...)
+    makes the kept features equal to a later batch's."""
+    _, _, tasks, datasets, _ = setup
+    sub = {n: datasets[n] for n in ("vqa", "nlvr")}  # 5 + 7 batches at base 3
+    reference = run_epoch(MultitaskLoader(sub, tasks, 3, seed=1), 2)
+    options = dict(seed=1, num_workers=1, prefetch_factor=1, persistent_workers=True)
+
+    before = shm.stats()
+    kept = run_epoch(MultitaskLoader(sub, tasks, 3, **options), 2)
+    after = shm.stats()
+    for a, b in zip(reference, kept, strict=True):
+        same_batch(a, b)
+    assert after["fresh"] - before["fresh"] == (5 - 3) + (7 - 3)  # every batch past the 3 slots per worker
+    assert after["recycled"] == before["recycled"]
+
+    views, arrays = [], []
+    loader = MultitaskLoader(sub, tasks, 3, **options)
+    loader.set_epoch(2)
+    for batch in loader:
+        views.append(batch["vis_feats"][-1])  # the batch itself is dropped: only these keep its slot
+        arrays.append(batch["vis_feats"].numpy()[0])
+    for ref, v, a in zip(reference, views, arrays, strict=True):
+        assert torch.equal(v, ref["vis_feats"][-1]) and np.array_equal(a, ref["vis_feats"][0].numpy())
+    del views, arrays, kept
+
+    before = shm.stats()
+    loader.set_epoch(2)
+    copies = [(b["task"], b["vis_feats"].clone()) for b in loader]
+    after = shm.stats()
+    assert [(t, c) for t, c in copies] and all(torch.equal(c, r["vis_feats"]) for (_, c), r in zip(copies, reference))
+    assert after["fresh"] == before["fresh"]  # never short of a buffer: at most 2 per worker are referenced
+    assert after["recycled"] - before["recycled"] >= (5 - 3) + (7 - 3)
+    shm.collect()
+    assert shm.stats()["held"] == 0  # everything went back
+
+
+def test_persistent_workers_get_the_epoch_with_the_indices(setup):
+    """Sampled VQA/GQA targets depend on (seed, epoch, index): persistent workers (the same processes every epoch,
+    holding the dataset as it was when they started) must give each epoch's batches exactly."""
+    _, _, tasks, datasets, _ = setup
+    sub = {n: datasets[n] for n in ("vqa", "gqa")}
+    plain = MultitaskLoader(sub, tasks, 3, seed=1)
+    persistent = MultitaskLoader(sub, tasks, 3, seed=1, num_workers=1, persistent_workers=True)
+    pids = []
+    for epoch in (0, 1, 2):
+        a, b = run_epoch(plain, epoch), run_epoch(persistent, epoch)
+        for x, y in zip(a, b, strict=True):
+            same_batch(x, y)
+        pids.append({h["pid"] for y in b if (h := shm.slot_header(y["vis_feats"])) is not None})
+        del a, b  # give the buffers back before the next epoch
+    assert [x["targets"] for x in run_epoch(plain, 0)] != [x["targets"] for x in run_epoch(plain, 1)]
+    assert len(pids[0]) == 2 and pids[0] == pids[1] == pids[2]  # one worker per task, kept across epochs
+    resumed = MultitaskLoader(sub, tasks, 3, seed=1, num_workers=1, persistent_workers=True)
+    resumed.load_state_dict({"epoch": 1, "consumed": 4})
+    for x, y in zip(run_epoch(plain, 1)[4:], run_epoch(resumed, 1), strict=True):
+        same_batch(x, y)
+    persistent.close()
+    resumed.close()
+
+
+def test_pinning_copies_then_releases(setup):
+    """The pin-memory thread's step (``SlotBatch.pin_memory`` = ``copy_out`` with ``Tensor.pin_memory``, which needs
+    CUDA; a clone stands in here): the batch's tensors are replaced by copies and its buffer is released at once,
+    so a later batch reuses it while the copy stays intact. (The DataLoader asks for batch i + 1 as soon as batch
+    i arrives, before this loop copies it: with two buffers the worker never runs short.)"""
+    _, _, tasks, datasets, _ = setup
+    ds, task = datasets["vqa"], tasks["vqa"]
+    batches = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=shm.SlotCollate(task.collate),
+                                         worker_init_fn=shm.WorkerInit(2), num_workers=1, prefetch_factor=1)
+    copies, slots = [], []
+    shm.collect()  # what earlier tests left
+    for wire in loader:
+        assert isinstance(wire, shm.SlotBatch) and wire.slot_keys == ("vis_feats",)
+        slots.append(shm.slot_header(wire.batch["vis_feats"]))
+        released = shm.stats()["released"]
+        copies.append(wire.copy_out(torch.clone).batch)
+        assert shm.stats()["released"] == released + 1 and shm.slot_header(copies[-1]["vis_feats"]) is None
+    fills = {(s["slot"], s["fills"]) for s in slots}  # 4 distinct fills of at most 2 buffers: refilled
+    assert len(fills) == 4 and {slot for slot, _ in fills} <= {0, 1}
+    for b, idx in zip(copies, batches):
+        same_batch(b, task.collate([ds[i] for i in idx]))

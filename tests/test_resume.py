@@ -22,8 +22,11 @@ def diffs(*overrides, name="multitask_adapter_comb3"):
 def test_keys_that_may_change_are_accepted():
     assert diffs("train.epochs=30", "train.max_steps=7", "train.checkpoint_every=100", "train.log_every=1",
                  "train.tensorboard=true", "train.eval_batch_size=64", "data.num_workers=0", "train.compile=true",
+                 "data.persistent_workers=false", "data.prefetch_factor=4", "data.buffers_per_worker=0",
+                 "data.pin_memory=false",
                  "output.snap_dir=/elsewhere", "output.experiment=multitask_adapter_comb3") == []
-    assert sorted(MAY_CHANGE) == ["data.num_workers", "train.checkpoint_every", "train.compile",
+    assert sorted(MAY_CHANGE) == ["data.buffers_per_worker", "data.num_workers", "data.persistent_workers",
+                                  "data.pin_memory", "data.prefetch_factor", "train.checkpoint_every", "train.compile",
                                   "train.compile_backend", "train.compile_dynamic", "train.epochs",
                                   "train.eval_batch_size", "train.log_every", "train.max_steps", "train.tensorboard"]
 

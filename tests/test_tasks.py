@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import sys
@@ -397,8 +398,9 @@ def fake_evaluators(monkeypatch):
     def make(module, fn_name, result):
         mod = types.ModuleType(module)
 
-        def fn(predictions, data):
+        def fn(predictions, data, **options):
             calls[fn_name] = (dict(predictions), data)
+            calls[f"{fn_name} options"] = options
             return dict(result)
 
         setattr(mod, fn_name, fn)
@@ -426,6 +428,9 @@ def test_evaluate_calls_the_evaluators(tokenizer, fixture_root, stores, fake_eva
     anns = calls["evaluate_vqa"][1]
     assert [a["answers"][0] for a in anns] == ["2", "blue"] and anns[0]["answer_type"] == "number"
     assert anns[1]["question_type"] == "what color" and len(anns[1]["answers"]) == 10
+    assert calls["evaluate_vqa options"] == {"version": "2017"}  # VL-Adapter's / the paper's evaluator by default
+    dataclasses.replace(vqa, eval_version="2021").evaluate({201: "2", 202: "red"}, test)
+    assert calls["evaluate_vqa options"] == {"version": "2021"}
 
     gqa = get_task("gqa")
     ds = build("gqa", "val", tokenizer, fixture_root, stores)

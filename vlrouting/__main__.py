@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("vlrouting.train", "train (use torchrun -m vlrouting.train for several processes)"),
     "baselines": ("vlrouting.baselines", "blind baselines of a synthetic root (majority answer, majority caption)"),
     "routings": ("vlrouting.routing", "list the routing functions and mixes"),
+    "analyze": ("vlrouting.analysis", "analyses of a trained run: deltas = per-layer ‖W_t − W_0‖ of down/up (Fig. B2)"),
+    "demo-report": ("vlrouting.demo_report", "the demo's closing block from snap/demo (--readme: into README.md)"),
 }
 
 

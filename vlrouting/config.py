@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vlrouting.data.tasks.sets import default_tasks
+from vlrouting.config_checks import check_config
 from vlrouting.errors import ConfigError
 from vlrouting.models.base import FamilyConfig
 from vlrouting.models.registry import family_config_class
@@ -33,12 +34,26 @@ class DataConfig:
     tasks: list[str] = field(default_factory=default_tasks)
     use_task_prompts: bool = True
     gqa_prompt_typo: bool = False  # VL-Adapter's GQA prompt was "gpa: "; true reproduces it exactly
-    num_workers: int = 4
+    num_workers: int = 4  # DataLoader worker processes per task
+    persistent_workers: bool = True  # workers live across epochs (the epoch travels with each batch's indices)
+    prefetch_factor: int = 2  # batches each worker reads ahead
+    buffers_per_worker: int | None = None  # recycled shared feature buffers per worker; None = prefetch_factor + 2,
+    #                                        0 = a fresh shared buffer per batch (vlrouting.data.shm)
+    pin_memory: bool = True  # on CUDA: batches are copied to page-locked memory in a background thread
     # per-task batch ratio overrides, e.g. {nlvr: 1.0}: per-task batch = int(train.batch_size · ratio); unset tasks
     # keep VL-Adapter's 1 / 100:60 / 20:60 / 50:60 (reference §5.2)
     batch_ratios: dict[str, float] = field(default_factory=dict)
     limit_train: int | None = None
     limit_eval: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 or more, got {self.num_workers}.")
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be 1 or more, got {self.prefetch_factor}.")
+        if self.buffers_per_worker is not None and self.buffers_per_worker < 0:
+            raise ConfigError(f"data.buffers_per_worker must be 0 or more (or null for prefetch_factor + 2), got "
+                              f"{self.buffers_per_worker}.")
 
 
 @dataclass
@@ -60,6 +75,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     num_beams: int = 5
     caption_max_length: int = 40
+    vqa_eval_version: str = "2017"  # official vqaEval.py revision: 2017 (VL-Adapter, the paper) or 2021
     log_every: int = 10
     tensorboard: bool = False
     deterministic: bool = False
@@ -71,11 +87,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{self.precision}'.")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ConfigError(f"train.warmup_steps must be 0 or more (or null to use train.warmup_ratio), got "
-                              f"{self.warmup_steps}.")
-        if self.clip_grad_norm < 0:
-            raise ConfigError(f"train.clip_grad_norm must be 0 (no clipping) or positive, got {self.clip_grad_norm}.")
 
 
 @dataclass
@@ -272,6 +283,7 @@ def build_config(tree: dict) -> ExperimentConfig:
         train=_section(TrainConfig, tree.get("train"), "train"),
         output=_section(OutputConfig, tree.get("output"), "output"),
     )
+    check_config(cfg)
     if cfg.peft is not None:
         cfg.peft.tasks = list(cfg.data.tasks)
         from vlrouting.routing import resolve_routing

@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 from feature_extraction.extract import ExtractOptions, Extractor  # noqa: E402
 from feature_extraction.images import folder_job, load_image  # noqa: E402
 from vlrouting.data import synthetic  # noqa: E402
+from vlrouting.machine import machine_info, provenance_line, source_commit  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -106,10 +107,12 @@ def main(argv=None) -> int:
             "model": args.model, "pretrained": args.pretrained, "images": n, "batch_size": args.batch_size,
             "workers": args.workers, "device": str(ex.device), "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "commit": source_commit(), "machine": machine_info(),
             "bare_forward_img_s": n / b, "extraction_img_s": n / e, "extraction_over_bare": e / b,
             "extraction_over_bare_best": min(ext_s) / min(bare_s), "non_forward_share_of_extraction": overhead,
             "bare_s": bare_s, "extraction_s": ext_s, "forward_s_inside_extraction": ext_fwd,
         }
+    print(provenance_line(result["machine"]))
     print(f"| model | device | images | batch | workers | bare forward img/s | extraction img/s | extraction time / bare |")
     print(f"|---|---|---|---|---|---|---|---|")
     print(f"| {args.model} ({args.pretrained}) | {result['device']} ({result['torch_threads']} threads) | {n} | "

@@ -17,6 +17,9 @@ one core), on "questions" that each point at a random image (VQA's access patter
 * ``DataLoader k``: a DataLoader whose dataset reads each batch with ``__getitems__`` → ``read_batch`` (into
   shared memory inside workers, as :class:`~vlrouting.data.tasks.TaskDataset` does) — worker start-up and the first
   batch are outside the timing;
+* ``DataLoader k, recycled buffers``: the same, with the training loader's recycled shared buffers
+  (:mod:`vlrouting.data.shm`: ``prefetch_factor + 2`` buffers per worker, each handed back once the main process
+  holds no reference to it; ``collect()`` before every batch, as the multitask loader does);
 * ``DataLoader k, no transfer``: the same reads in k workers, but each batch stays in its worker (a 1-element tensor
   goes back): the read rate of the workers alone — the difference to ``DataLoader k`` is the cost of handing 19 MB
   float32 batches to the main process through fresh shared memory;
@@ -123,11 +126,37 @@ def _single(feature_dir: str, kind: str, workers: int, samples: int, batch: int)
             store.read_batch([questions[i] for i in indices], out=allocate)
             return held[0]
 
+    class Recycled(Batched):
+        def __getitems__(self, indices):
+            return {"vis_feats": super().__getitems__(indices)}
+
     class Kept(PerSample):
         def __getitems__(self, indices):
             store.read_batch([questions[i] for i in indices])
             return torch.zeros(len(indices), 1)
 
+    if kind == "loader-recycled":
+        from vlrouting.data import shm
+
+        loader = torch.utils.data.DataLoader(Recycled(), batch_size=batch, shuffle=True, num_workers=workers,
+                                             collate_fn=shm.SlotCollate(lambda x: x), prefetch_factor=2,
+                                             worker_init_fn=shm.WorkerInit(2 + 2),
+                                             generator=torch.Generator().manual_seed(0))
+        it = iter(loader)
+        seen = first = next(it).batch["vis_feats"].shape[0]
+        t = time.perf_counter()
+        while True:
+            shm.collect()
+            try:
+                wire = next(it)
+            except StopIteration:
+                break
+            seen += wire.batch["vis_feats"].shape[0]
+            del wire
+        dt = time.perf_counter() - t
+        st = shm.stats()
+        return {"samples_per_s": (seen - first) / dt, "fresh": st["fresh"], "recycled": st["recycled"],
+                "received": st["received"]}
     if kind in ("loader-batch", "loader-kept"):
         loader = torch.utils.data.DataLoader(Batched() if kind == "loader-batch" else Kept(), batch_size=batch,
                                              shuffle=True, num_workers=workers, collate_fn=lambda x: x,
@@ -145,12 +174,12 @@ def _single(feature_dir: str, kind: str, workers: int, samples: int, batch: int)
     return {"samples_per_s": (seen - first) / dt}
 
 
-def _measure(args, feature_dir: Path, kind: str, workers: int) -> float:
+def _measure(args, feature_dir: Path, kind: str, workers: int) -> dict:
     cmd = [sys.executable, __file__, "--single", str(feature_dir), kind, str(workers), "--samples", str(args.samples),
            "--batch-size", str(args.batch_size)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -187,9 +216,11 @@ def main(argv=None) -> int:
               f"{sizes['contiguous']:.0f} MB contiguous in {t_convert:.1f}s); {cores} cores; "
               f"{args.repeats} rounds", flush=True)
         plan = [("plain-sample", 0), ("plain-batch", 0), ("plain-batch16", 0)] + \
-               [("loader-batch", w) for w in args.workers] + [("loader-kept", w) for w in args.workers if w] + \
+               [("loader-batch", w) for w in args.workers] + [("loader-recycled", w) for w in args.workers if w] + \
+               [("loader-kept", w) for w in args.workers if w] + \
                [("loader-sample", 1), ("raw", 0)]
         results: dict[tuple, list[float]] = {}
+        extra: dict[tuple, list[dict]] = {}
         loads = []
         for r in range(args.repeats):
             before = os.getloadavg()
@@ -198,13 +229,20 @@ def main(argv=None) -> int:
                     if kind == "raw":
                         value = _raw(str(d), args.batch_size * sample_bytes)["bytes_per_s"] / sample_bytes
                     else:
-                        value = _measure(args, d, kind, w)
+                        out = _measure(args, d, kind, w)
+                        value = out.pop("samples_per_s")
+                        extra.setdefault((layout, kind, w), []).append(out)
                     results.setdefault((layout, kind, w), []).append(value)
             loads.append((before, os.getloadavg()))
             print(f"round {r + 1}: load average before {before[0]:.2f}, after {loads[-1][1][0]:.2f}", flush=True)
     names = {"plain-sample": "plain per-sample", "plain-batch": "plain batched", "plain-batch16": "plain batched, "
              "float16 out", "loader-sample": "DataLoader {w}, per-sample", "loader-batch": "DataLoader {w}",
-             "loader-kept": "DataLoader {w}, no transfer", "raw": "numpy raw"}
+             "loader-kept": "DataLoader {w}, no transfer", "raw": "numpy raw",
+             "loader-recycled": "DataLoader {w}, recycled buffers"}
+    from vlrouting.machine import machine_info, provenance_line, source_commit
+
+    machine = machine_info()
+    print(f"\n{provenance_line(machine)}")
     print("\n| layout | measurement | samples/s (median) | range | MB/s as stored | ratio | target |")
     print("|---|---|---|---|---|---|---|")
     rows = []
@@ -213,19 +251,25 @@ def main(argv=None) -> int:
         plain = statistics.median(results[(layout, "plain-batch", 0)])
         raw = statistics.median(results[(layout, "raw", 0)])
         ratio, target = "", ""
-        if kind in ("loader-batch", "loader-kept") and w >= 1:
+        if kind in ("loader-batch", "loader-kept", "loader-recycled") and w >= 1:
             ratio = f"{med / (w * plain):.2f} × {w} × plain batched"
-            target = ("≥ 0.9" if w <= cores else "(> cores)") if kind == "loader-batch" else ""
+            target = ("≥ 0.9" if w <= cores else "(> cores)") if kind != "loader-kept" else ""
+            if kind == "loader-recycled":
+                fresh = sum(e["fresh"] for e in extra[(layout, kind, w)])
+                got = sum(e["received"] for e in extra[(layout, kind, w)])
+                ratio += f" ({fresh} of {fresh + got} batches without a free buffer)"
         elif kind in ("plain-batch", "plain-sample", "plain-batch16"):
             ratio, target = f"{med / raw:.2f} × numpy raw", "≥ 0.5"
         elif kind == "loader-sample":
             ratio = f"{med / plain:.2f} × plain batched"
         print(f"| {layout} | {names[kind].format(w=w)} | {med:,.0f} | {min(values):,.0f}–{max(values):,.0f} | "
               f"{med * sample_bytes / 2 ** 20:,.0f} | {ratio} | {target} |")
-        rows.append({"layout": layout, "kind": kind, "workers": w, "samples_per_s": values})
+        rows.append({"layout": layout, "kind": kind, "workers": w, "samples_per_s": values,
+                     **({"details": extra[(layout, kind, w)]} if (layout, kind, w) in extra else {})})
     if args.out:
-        Path(args.out).write_text(json.dumps({"sizes_mb": sizes, "cores": cores, "loads": loads, "rows": rows,
-                                              "args": vars(args)}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"commit": source_commit(), "machine": machine, "sizes_mb": sizes,
+                                              "cores": cores, "loads": loads, "rows": rows, "args": vars(args)},
+                                             indent=2) + "\n")
     return 0
 
 

@@ -56,6 +56,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from vlrouting.models.vlbart import ModelConfig, build_vlbart, packaged_arch_config  # noqa: E402
+from vlrouting.machine import machine_info, provenance_line, source_commit  # noqa: E402
 from vlrouting.peft import PeftConfig, attach_peft, peft_parameters  # noqa: E402
 
 ROUTINGS = ("none", "mul", "add", "proj", "expand")
@@ -580,7 +581,8 @@ def main(argv=None) -> int:
     env = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
            "peft": peft.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "command": " ".join([Path(sys.executable).name, *sys.argv]), "load_avg_start": os.getloadavg()}
+           "command": " ".join([Path(sys.executable).name, *sys.argv]), "load_avg_start": os.getloadavg(),
+           "commit": source_commit(), "machine_info": machine_info()}
     result: dict = {"env": env, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     trainable: dict[str, int] = {}
     sections: list[str] = []
@@ -656,6 +658,7 @@ def main(argv=None) -> int:
     env["load_avg_end"] = os.getloadavg()
     env["wall_s"] = time.perf_counter() - t_start
     print("# Training-step benchmark (vlrouting)\n")
+    print(provenance_line(env["machine_info"]) + "\n")
     print(f"`{env['command']}` — torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}; "
           f"torch threads {env['threads']} (interop {env['interop_threads']}), {env['cpu_count']} CPUs; "
           f"load average {env['load_avg_start'][0]:.2f} at start, {env['load_avg_end'][0]:.2f} at end; "

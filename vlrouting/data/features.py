@@ -158,6 +158,56 @@ class _Gather:
         return arr, list(range(len(positions)))
 
 
+def check_finite(block: np.ndarray, img_ids, where) -> np.ndarray:
+    """``block`` unchanged when every value is finite, else a DataError naming the image and its file.
+
+    ``block`` holds the features of one image (``img_ids`` a str) or of several stacked on the first axis
+    (``img_ids`` a sequence, one per row); ``where`` is the file (or a callable returning it, evaluated only on
+    failure). One ``np.isfinite`` per block read costs far less than the read; without it a bad feature surfaces as
+    a NaN loss steps later with nothing pointing at the file.
+    """
+    finite = np.isfinite(block)
+    if finite.all():
+        return block
+    if isinstance(img_ids, str):
+        bad = [img_ids]
+    else:
+        ids = list(img_ids)
+        bad = [ids[k] for k in np.flatnonzero(~finite.reshape(len(ids), -1).all(axis=1))]
+    more = f" (and {len(bad) - 1} more image(s) of that read)" if len(bad) > 1 else ""
+    where = where() if callable(where) else where
+    raise DataError(f"features of image '{bad[0]}'{more} in {where} contain NaN or Inf values; re-extract that file "
+                    f"(python -m feature_extraction extract) or drop the image from the annotations.")
+
+
+def channel_dims(store: "FeatureStore") -> dict[str, int]:
+    """Channels (last axis) of the first dataset of every feature file of ``store``, plus one file of a released
+    ``data_clip_*_att/`` folder: what the pre-flight check compares with ``model.feat_dim``. Reads shapes only."""
+    dims: dict[str, int] = {}
+    for i, path in enumerate(store._files):
+        f = store._h5(i)
+        first = next(iter(f.keys()), None)
+        if first is None:
+            continue
+        shape = getattr(f[first], "shape", None)
+        if not shape:
+            raise DataError(f"{path} does not hold one (tokens, C) dataset per image id ('{first}' is not one); "
+                            f"re-extract it with python -m feature_extraction extract.")
+        dims[str(path)] = int(shape[-1])
+    if store._att_dir is not None:
+        first = next((p for p in store._att_dir.iterdir() if p.name.endswith(".h5")), None)
+        if first is not None:
+            import h5py
+
+            try:
+                with h5py.File(first, "r") as f:
+                    dims[str(first)] = int(f[f"{first.name[:-3]}/features"].shape[-1])
+            except (OSError, KeyError) as exc:
+                raise DataError(f"{first} has no readable '{first.name[:-3]}/features' ({exc}); re-download or "
+                                f"re-extract it.") from exc
+    return dims
+
+
 class FeatureStore:
     """Reads visual features for one dataset folder `<root>/<DS>/clip_features`.
 
@@ -330,7 +380,7 @@ class FeatureStore:
                 from exc
 
     def __getitem__(self, img_id: str) -> np.ndarray:
-        arr = self.raw(img_id)
+        arr = check_finite(self.raw(img_id), str(img_id), lambda: self.locate(img_id))
         if arr.ndim == 3:  # (7, 7, C) grids
             arr = arr.reshape(-1, arr.shape[-1])
         n = arr.shape[0]

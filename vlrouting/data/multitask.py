@@ -21,8 +21,20 @@ This version keeps those semantics and makes them deterministic and resumable:
 - ``__len__`` is the full number of batches per epoch on this rank (for schedules); after a mid-epoch resume the
   next pass yields ``len(loader) - consumed`` batches.
 
-With ``num_workers > 0`` each task's DataLoader gets its own workers (created per epoch, not persistent, so that
-``dataset.set_epoch`` reaches them).
+With ``num_workers > 0`` each task's DataLoader gets its own workers. How batches reach the main process
+(issue 17, throughput; none of it changes a batch):
+
+- **The epoch travels with the indices.** Every batch of indices handed to a DataLoader is an :class:`EpochIndices`
+  (a list with an ``epoch``); :meth:`TaskDataset.__getitems__ <vlrouting.data.tasks.TaskDataset.__getitems__>`
+  samples the targets of that epoch. Workers can therefore live across epochs (``persistent_workers``, default on):
+  their copy of the dataset never needs ``set_epoch``. A dataset that does not read the epoch from its indices
+  (``epoch_from_indices`` false) gets workers started per epoch, as before.
+- **Recycled feature buffers** (:mod:`vlrouting.data.shm`): each worker reads the features into one of
+  ``buffers_per_worker`` shared buffers (default ``prefetch_factor + 2``) that the main process hands back once it
+  holds no reference to them any more (checked before every batch); a worker with none free uses a fresh buffer.
+- ``pin_memory`` (on CUDA): the DataLoader's pin-memory thread copies each batch to page-locked memory (and gives
+  its buffer back right there), so the trainer's ``non_blocking`` copy to the device is asynchronous.
+- ``prefetch_factor``: batches each worker reads ahead.
 
 **No loader touches the global torch RNG.** Creating a DataLoader iterator draws the workers' base seed from the
 loader's ``generator``, or from the global torch RNG when it has none. The per-task iterators are created lazily, at
@@ -44,9 +56,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from vlrouting.data import shm
 from vlrouting.errors import ConfigError
 
 STATE_VERSION = 1
+
+
+class EpochIndices(list):
+    """The dataset indices of one batch and the ``epoch`` they are drawn for (pickled with them to the workers)."""
+
+    def __init__(self, indices, epoch: int):
+        super().__init__(indices)
+        self.epoch = int(epoch)
 
 
 def loader_generator(*key: int | str) -> torch.Generator:
@@ -75,7 +96,8 @@ class MultitaskLoader:
 
     def __init__(self, datasets: Mapping[str, Dataset], tasks: Mapping[str, object], base_batch_size: int, *,
                  world_size: int = 1, rank: int = 0, seed: int = 0, num_workers: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, pin_memory: bool = False):
+                 drop_last: bool = False, pin_memory: bool = False, persistent_workers: bool = False,
+                 prefetch_factor: int = 2, buffers_per_worker: int | None = None):
         if not datasets:
             raise ConfigError("MultitaskLoader got no datasets; pass at least one task's training dataset.")
         missing = [n for n in datasets if n not in tasks]
@@ -85,12 +107,20 @@ class MultitaskLoader:
             raise ConfigError(f"rank={rank} and world_size={world_size} are inconsistent; need 0 <= rank < world_size.")
         if num_workers < 0:
             raise ConfigError(f"num_workers={num_workers} is invalid; pass 0 or more.")
+        if prefetch_factor < 1:
+            raise ConfigError(f"prefetch_factor={prefetch_factor} is invalid; pass 1 or more batches per worker.")
+        if buffers_per_worker is not None and buffers_per_worker < 0:
+            raise ConfigError(f"buffers_per_worker={buffers_per_worker} is invalid; pass 0 (a fresh buffer per "
+                              "batch) or more, or None for prefetch_factor + 2.")
         self.datasets = dict(datasets)
         self.tasks = {n: tasks[n] for n in self.datasets}
         self.base_batch_size = int(base_batch_size)
         self.batch_sizes = {n: t.batch_size(self.base_batch_size) for n, t in self.tasks.items()}
         self.world_size, self.rank, self.seed = int(world_size), int(rank), int(seed)
         self.num_workers, self.shuffle, self.drop_last, self.pin_memory = num_workers, shuffle, drop_last, pin_memory
+        self.persistent_workers, self.prefetch_factor = bool(persistent_workers), int(prefetch_factor)
+        self.buffers_per_worker = prefetch_factor + 2 if buffers_per_worker is None else int(buffers_per_worker)
+        self._loaders: dict[str, DataLoader] = {}  # persistent per-task loaders (their workers outlive an epoch)
         self.samplers = {
             n: DistributedSampler(ds, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed,
                                   drop_last=drop_last)
@@ -138,10 +168,42 @@ class MultitaskLoader:
             order = [order[i] for i in perm]
         return order
 
-    def _batches(self, name: str, skip: int) -> list[list[int]]:
+    def _batches(self, name: str, skip: int, epoch: int) -> list[EpochIndices]:
         indices = list(iter(self.samplers[name]))
         bs = self.batch_sizes[name]
-        return [indices[i:i + bs] for i in range(0, len(indices), bs)][skip:]
+        return [EpochIndices(indices[i:i + bs], epoch) for i in range(0, len(indices), bs)][skip:]
+
+    def _persistent(self, name: str) -> bool:
+        return (self.persistent_workers and self.num_workers > 0
+                and bool(getattr(self.datasets[name], "epoch_from_indices", False)))
+
+    def _loader(self, name: str, batches: list[EpochIndices], epoch: int) -> DataLoader:
+        """The DataLoader of ``name`` set to yield ``batches``: the task's persistent one (made at its first use),
+        or a new one for this epoch."""
+        loader = self._loaders.get(name)
+        if loader is not None:
+            loader.batch_sampler.batches = batches
+            return loader
+        options = {}
+        collate = self.tasks[name].collate
+        persistent = self._persistent(name)
+        if self.num_workers > 0:
+            options = dict(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
+            if self.buffers_per_worker > 0 and shm.available():
+                options["worker_init_fn"] = shm.WorkerInit(self.buffers_per_worker)
+                collate = shm.SlotCollate(collate)
+        # a persistent loader's workers draw their seeds once: key them without the epoch
+        gen_key = (self.seed, self.rank, name) if persistent else (self.seed, epoch, self.rank, name)
+        loader = DataLoader(self.datasets[name], batch_sampler=_ListBatchSampler(batches), collate_fn=collate,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            generator=loader_generator(*gen_key), **options)
+        if persistent:
+            self._loaders[name] = loader
+        return loader
+
+    def close(self) -> None:
+        """Shuts down the persistent workers (they start again at the next iteration)."""
+        self._loaders.clear()
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch
@@ -155,18 +217,16 @@ class MultitaskLoader:
         self._consumed = skip
         try:
             for name in order[skip:]:
+                shm.collect()  # buffers of batches the consumer has dropped go back to their workers
                 if name not in iterators:
-                    loader = DataLoader(
-                        self.datasets[name], batch_sampler=_ListBatchSampler(self._batches(name, skipped[name])),
-                        collate_fn=self.tasks[name].collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                        generator=loader_generator(self.seed, epoch, self.rank, name),
-                    )
-                    iterators[name] = iter(loader)
+                    iterators[name] = iter(self._loader(name, self._batches(name, skipped[name], epoch), epoch))
                 batch = next(iterators[name])
+                if isinstance(batch, shm.SlotBatch):
+                    batch = batch.batch
                 self._consumed += 1
                 yield batch
         finally:
-            iterators.clear()  # shuts the workers down when the consumer stops early
+            iterators.clear()  # shuts per-epoch workers down when the consumer stops early (persistent ones stay)
 
     # ------------------------------------------------------------------------------------------------ resume
 
@@ -225,7 +285,7 @@ class ShardSampler(Sampler):
 
 def make_eval_loader(dataset: Dataset, task, batch_size: int, world_size: int = 1, rank: int = 0,
                      num_workers: int = 0, pin_memory: bool = False, order: list[int] | None = None,
-                     seed: int = 0) -> DataLoader:
+                     seed: int = 0, prefetch_factor: int = 2) -> DataLoader:
     """An evaluation DataLoader: dataset order, no shuffling, every example exactly once over all ranks.
 
     With ``world_size > 1`` rank r gets examples r, r + world, … (:class:`ShardSampler`; no padding, so no duplicate
@@ -241,9 +301,10 @@ def make_eval_loader(dataset: Dataset, task, batch_size: int, world_size: int = 
         raise ConfigError(f"batch_size={batch_size} is invalid; pass a positive evaluation batch size.")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank={rank} and world_size={world_size} are inconsistent; need 0 <= rank < world_size.")
+    options = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), world_size, rank, order),
                       collate_fn=task.collate, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=loader_generator(seed, rank, "eval", task.name))
+                      generator=loader_generator(seed, rank, "eval", task.name), **options)
 
 
-__all__ = ["MultitaskLoader", "make_eval_loader", "ShardSampler", "loader_generator"]
+__all__ = ["MultitaskLoader", "EpochIndices", "make_eval_loader", "ShardSampler", "loader_generator"]

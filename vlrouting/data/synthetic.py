@@ -62,7 +62,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 import random
 import re
 import shutil
@@ -73,6 +72,7 @@ from pathlib import Path
 
 from vlrouting.data.layout import ANNOTATIONS, COLLECTIONS, FEATURE_FOLDERS, FILES, image_folders
 from vlrouting.errors import ConfigError, DataError
+from vlrouting.fileio import atomic_write_bytes
 
 GENERATOR = "vlrouting.data.synthetic"
 FORMAT_VERSION = 1
@@ -484,14 +484,6 @@ def _dumps(obj, pretty: bool = False) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _answer_tables(counts: Counter, min_count: int) -> tuple[dict, list]:
     answers = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
     return {a: i for i, a in enumerate(answers)}, answers
@@ -567,12 +559,12 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
     else:
         previous = None
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(root / CARD_NAME, _dumps({"generator": GENERATOR, "incomplete": True, "previous": previous},
-                                           pretty=True))
+    atomic_write_bytes(root / CARD_NAME, _dumps({"generator": GENERATOR, "incomplete": True, "previous": previous},
+                                                pretty=True))
     files: dict[Path, int] = {}
 
     def put(rel: str, data: bytes) -> None:
-        _atomic_write(root / rel, data)
+        atomic_write_bytes(root / rel, data, durable=False)  # regenerable; the card, written last, is durable
         files[root / rel] = len(data)
 
     # ---- COCO images, Karpathy split and captions
@@ -764,7 +756,7 @@ def generate(root, seed: int = 0, *, scale: float = 1.0, force: bool = False, ve
         removed = _remove_stale(root, set(files), features_too=previous != card)
         if verbose and removed:
             print(f"removed {removed} stale item(s) of the previous synthetic run in {root}")
-    _atomic_write(root / CARD_NAME, card_bytes)
+    atomic_write_bytes(root / CARD_NAME, card_bytes)
     return card
 
 

@@ -16,6 +16,10 @@ caption    COCO results ``[{"image_id", "caption"}]`` or          ``COCO/dataset
            ``{img_id: caption}``                                   default test) or ``{img_id: [captions]}``
 =========  =====================================================  ===============================================
 
+Every task also reads the trainer's own files, ``snap/<exp>/<run>/predictions/<split>_<task>_epoch<k>.json``:
+``[{"id", "prediction"}]`` with the task's id (question id, NLVR2 uid, caption image id). ``--vqa-version`` chooses
+the revision of the official VQA script (2017, the default, or 2021; :mod:`vlrouting.evaluation.vqa`).
+
 Caption image ids are Karpathy file stems (``COCO_val2014_000000391895``); integer COCO ids are mapped through the
 Karpathy file's ``cocoid``.
 """
@@ -31,6 +35,7 @@ from typing import Any, Mapping
 
 from vlrouting.errors import ConfigError, DataError
 from vlrouting.evaluation._common import id_key, name_ids, read_json, write_json
+from vlrouting.evaluation.vqa import VERSIONS as VQA_VERSIONS
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 
@@ -91,7 +96,7 @@ def _load_nlvr_predictions(path: Path, references: list[dict]) -> dict:
         raise DataError(f"predictions file {path} does not exist; check the path.")
     head = path.read_text(encoding="utf-8", errors="replace").lstrip()[:1]
     if path.suffix.lower() != ".csv" and head in ("[", "{"):
-        return _records_to_mapping(read_json(path, "predictions"), ("uid",), ("answer", "prediction"), path)
+        return _records_to_mapping(read_json(path, "predictions"), ("uid", "id"), ("answer", "prediction"), path)
     by_identifier: dict[str, Any] = {}
     for record in references:
         if isinstance(record, Mapping) and "identifier" in record and "uid" in record:
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "against the full official VQAv2 val annotation file)")
     parser.add_argument("--spice", default="auto", choices=("auto", "on", "off"),
                         help="caption only: SPICE when installed (auto), required (on) or skipped (off)")
+    parser.add_argument("--vqa-version", default=None, choices=VQA_VERSIONS,
+                        help="vqa only: revision of the official vqaEval.py, 2017 (default; VL-Adapter and the "
+                             "paper) or 2021 (also normalises the ground-truth answers)")
     parser.add_argument("--normalize", action="store_true",
                         help="gqa only: apply the VQAv2 answer normaliser (not VL-Adapter's published rule)")
     parser.add_argument("--submission", type=Path, default=None,
@@ -229,6 +237,8 @@ def _check_task_options(args: argparse.Namespace, kind: str) -> None:
                           f"pass the {args.task} split file itself as --references.")
     if args.spice != "auto" and kind != "caption":
         raise ConfigError(f"--spice only applies to caption tasks, not {args.task}.")
+    if args.vqa_version is not None and kind != "vqa":
+        raise ConfigError(f"--vqa-version only applies to VQA tasks, not {args.task}.")
     if args.normalize and kind != "gqa":
         raise ConfigError(f"--normalize only applies to --task gqa; VQA is always normalised officially.")
     if args.submission is not None and kind not in ("vqa", "nlvr"):
@@ -245,7 +255,8 @@ def _eval_vqa(args: argparse.Namespace) -> dict:
                                       ("answer", "prediction"), args.predictions)
     if args.only_predicted:
         references = _only_predicted("question_id", references, predictions)
-    metrics = evaluate_vqa(predictions, references, allow_missing=args.allow_missing)
+    metrics = evaluate_vqa(predictions, references, allow_missing=args.allow_missing,
+                           version=args.vqa_version or VQA_VERSIONS[0])
     if args.submission is not None:
         write_vqa_submission(predictions, args.submission)
     return metrics

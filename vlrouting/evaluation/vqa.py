@@ -1,8 +1,11 @@
 """VQAv2 accuracy exactly as the official evaluation script defines it, plus VL-Adapter's extras.
 
 Source of the definition: ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of GT-Vision-Lab/VQA (Antol et al.,
-ICCV 2015; Goyal et al., CVPR 2017), which VL-Adapter's ``VQAEvaluator.evaluate_raw`` reproduces line for line
-(reference/vladapter_spec.md §6). Per question:
+ICCV 2015; Goyal et al., CVPR 2017). Two revisions of that file give different numbers; ``version`` chooses:
+
+``"2017"`` (the default) — the script as distributed with VQAv2 in 2017 (last changed in Oct. 2016, commit
+``458a8b2``), which VL-Adapter's ``VQAEvaluator.evaluate_raw`` reproduces line for line (reference/vladapter_spec.md
+§6) and with which the routing-functions paper's and VL-Adapter's numbers were computed. Per question:
 
 1. the prediction is normalised (:func:`normalize_answer`): newlines/tabs become spaces, the string is stripped,
    punctuation is processed, then it is lower-cased, number words become digits, articles are dropped and
@@ -10,6 +13,14 @@ ICCV 2015; Goyal et al., CVPR 2017), which VL-Adapter's ``VQAEvaluator.evaluate_
 2. the ground-truth answers are *punctuation-processed only*, and only when the annotators disagree (the set of
    raw answers has more than one element); unanimous answers are compared raw;
 3. accuracy = mean over the leave-one-out subsets (10 subsets of 9 answers) of ``min(1, #matches / 3)``.
+
+``"2021"`` — the revision of March 2021 (commit ``a013f00``, "Fixed processing answers bug"): prediction *and*
+ground-truth answers get the newline/tab/strip treatment; then, only when the (stripped) answers disagree, both get
+the full punctuation + digit/article processing; when all answers agree neither is processed beyond the stripping.
+Step 3 is unchanged. E.g. the prediction ``"two"`` against ten ``"2"`` scores 1.0 by 2017 and 0.0 by 2021, and
+disagreeing answers that differ only in case, number words or articles (``"Yes"``/``"yes"``) match each other by
+2021, not by 2017. The revisions differ on a large share of the questions of real mixes; use ``"2021"`` only to
+compare with numbers computed by the current script, and say so.
 
 The official code's quirks are kept on purpose, because published numbers were computed with them:
 
@@ -50,6 +61,7 @@ from vlrouting.evaluation._common import (
 
 __all__ = [
     "ANSWER_TYPES",
+    "VERSIONS",
     "QUESTION_GROUPS",
     "evaluate_vqa",
     "normalize_answer",
@@ -171,9 +183,31 @@ def _answer_strings(answers: Sequence[Any], question: Any = None) -> list[str]:
     return out
 
 
+#: Revisions of the official vqaEval.py (see the module docstring); the first is the default.
+VERSIONS: tuple[str, ...] = ("2017", "2021")
+
+
 def _ground_truth(answers: list[str]) -> list[str]:
-    """Official rule: punctuation-process the answers only when the annotators disagree."""
+    """2017 rule: punctuation-process the answers only when the annotators disagree."""
     return [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+
+
+def _strip_whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def _score(prediction: str, answers: list[str], version: str) -> float:
+    """Accuracy in [0, 1] of one prediction against the raw answer strings, by the chosen revision."""
+    if version == "2017":
+        return _leave_one_out(normalize_answer(prediction), _ground_truth(answers))
+    if version != "2021":
+        raise DataError(f"VQA evaluator version {version!r} is unknown; choose {' or '.join(VERSIONS)}.")
+    truth = [_strip_whitespace(a) for a in answers]
+    prediction = _strip_whitespace(prediction)
+    if len(set(truth)) > 1:  # only when the annotators disagree, and then on both sides
+        truth = [_process_digits_articles(process_punctuation(a)) for a in truth]
+        prediction = _process_digits_articles(process_punctuation(prediction))
+    return _leave_one_out(prediction, truth)
 
 
 def _leave_one_out(prediction: str, ground_truth: list[str]) -> float:
@@ -183,13 +217,15 @@ def _leave_one_out(prediction: str, ground_truth: list[str]) -> float:
     return total / (3 * len(ground_truth))
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+def vqa_accuracy(prediction: str, answers: list[str], version: str = "2017") -> float:
     """Official VQAv2 accuracy in [0, 1] of one predicted answer against the annotators' answers.
 
     ``answers`` are the raw human answers (normally 10), as strings or ``{"answer": ...}`` dicts. With 10
-    answers, 1/2/3/≥4 matches give 0.3/0.6/0.9/1.0.
+    answers, 1/2/3/≥4 matches give 0.3/0.6/0.9/1.0. ``version``: the vqaEval.py revision, ``"2017"`` or ``"2021"``.
     """
-    return _leave_one_out(normalize_answer(prediction), _ground_truth(_answer_strings(answers)))
+    if not isinstance(prediction, str):
+        raise DataError(f"VQA answer {prediction!r} is not a string; predictions must be answer strings.")
+    return _score(prediction, _answer_strings(answers), version)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -200,7 +236,8 @@ def _group_of(question_type: str | None) -> list[str]:
     return [g for g, types in QUESTION_GROUPS.items() if question_type in types]
 
 
-def evaluate_vqa(predictions: dict, annotations: list[dict], allow_missing: bool = False) -> dict:
+def evaluate_vqa(predictions: dict, annotations: list[dict], allow_missing: bool = False,
+                 version: str = "2017") -> dict:
     """Score VQAv2 predictions with the official accuracy and VL-Adapter's Karpathy soft score.
 
     Args:
@@ -210,14 +247,18 @@ def evaluate_vqa(predictions: dict, annotations: list[dict], allow_missing: bool
             (answer → soft score, VL-Adapter Karpathy files) and ``is_topk_optimal``.
         allow_missing: score questions without a prediction as wrong (listed in ``missing_ids``) instead of
             raising :class:`~vlrouting.errors.DataError`.
+        version: the official vqaEval.py revision, ``"2017"`` (default; VL-Adapter and the paper) or ``"2021"``.
 
     Returns:
         A JSON-able dict: ``overall``, ``per_answer_type`` (always the three official types, ``None`` when a type
         has no question), ``per_question_type``, ``question_groups`` (paper Table 3) with
         ``question_group_counts``, ``topk_score`` (only when every record has ``label``), ``is_topk_optimal``
-        (overall on each subset, when the field exists), ``n`` and, with ``allow_missing``, ``missing_ids``.
+        (overall on each subset, when the field exists), ``n``, ``version`` and, with ``allow_missing``,
+        ``missing_ids``.
         Accuracies are ×100 rounded to two decimals, as the official script reports them.
     """
+    if version not in VERSIONS:
+        raise DataError(f"VQA evaluator version {version!r} is unknown; choose {' or '.join(VERSIONS)}.")
     if isinstance(annotations, Mapping) and "annotations" in annotations:
         annotations = annotations["annotations"]
     records = question_records(
@@ -243,7 +284,7 @@ def evaluate_vqa(predictions: dict, annotations: list[dict], allow_missing: bool
             if not isinstance(prediction, str):
                 raise DataError(f"the prediction for question {qid!r} is {prediction!r}, not a string; "
                                 f"predictions must be answer strings.")
-            acc = _leave_one_out(normalize_answer(prediction), _ground_truth(answers))
+            acc = _score(prediction, answers, version)
             soft = float(record["label"].get(prediction, 0.0)) if with_labels else 0.0
         total += acc
         soft_total += soft
@@ -272,6 +313,7 @@ def evaluate_vqa(predictions: dict, annotations: list[dict], allow_missing: bool
         result["is_topk_optimal"] = {k: {"overall": percent(sum(v), len(v), 2), "n": len(v)}
                                      for k, v in sorted(by_topk.items(), reverse=True)}
     result["n"] = n
+    result["version"] = version
     if allow_missing:
         result["missing_ids"] = missing
     return result

@@ -49,6 +49,11 @@ class FamilyConfig:
         """The PEFT sides (``encoder``/``decoder``) that receive x_R when ``peft.route_sides`` is not given."""
         raise NotImplementedError
 
+    def tiny(self) -> "FamilyConfig":
+        """A copy whose ``pretrained=False`` build is toy-sized (same module structure, same data shapes), for smoke
+        runs and quick benchmarks (``scripts/bench/bench_inference.py --arch tiny``). Optional."""
+        raise NotImplementedError(f"model family '{self.family}' defines no tiny architecture (FamilyConfig.tiny)")
+
 
 class FamilyModel(nn.Module):
     """Base class of every family's model (see the module docstring for the contract)."""

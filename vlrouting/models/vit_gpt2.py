@@ -235,7 +235,8 @@ class ViTGPT2(FamilyModel):
             raise DataError(f"vit_gpt2 reads one pooled ViT vector of width {d} per image, got visual features of "
                             f"shape {tuple(feats.shape)}; extract vit_features with a ViT of width {d}.")
         prefix = feats.to(self.gpt.get_input_embeddings().weight.dtype)
-        self.routing_state.set(batch.get("task"), decoder=prefix)  # x_R = the prefix vector itself
+        # x_R = the prefix vector itself (peft.x_r_replace swaps x_R only; the prefix stays the real image)
+        self.routing_state.set(batch.get("task"), batch_size=prefix.shape[0], decoder=prefix)
         return prefix
 
     def forward(self, batch: dict) -> ModelOutput:

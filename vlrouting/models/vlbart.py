@@ -14,14 +14,15 @@ Follows VL-Adapter (reference/vladapter_spec.md §3, DESIGN §5), wrapping HF mo
   ``encoder`` — the last encoder hidden state mean-pooled over valid positions, fed to the decoder's modules;
   ``visual`` — the projected visual tokens, pooled, fed to encoder and decoder modules.
   The decoder's x_R is computed in a forward pre-hook on the BART decoder from the ``encoder_hidden_states``
-  it receives, so it follows ``generate``'s beam expansion automatically (DESIGN §9).
+  it receives, so it follows ``generate``'s beam expansion automatically (DESIGN §9). ``peft.x_r_replace``
+  (Table B2) needs nothing here: the routing state replaces x_R where it is written (:mod:`vlrouting.peft.state`).
 - Trainable sets (§3.9): always the visual embedding; adapters + every LayerNorm; LoRA + every bias; full
   fine-tuning trains everything.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -48,7 +49,7 @@ class ModelConfig(FamilyConfig):
     family: str = "clip_bart"
     backbone: str = "facebook/bart-base"
     tokenizer: str | None = None
-    arch: str = "bart-base"  # packaged architecture config, used to count parameters without weights
+    arch: str = "bart-base"  # packaged architecture (bart-base, bart-tiny) for builds without weights (counting)
     feat_dim: int = 2048
     n_boxes: int = 36
     n_images: int = 2
@@ -69,6 +70,10 @@ class ModelConfig(FamilyConfig):
     def route_sides(self) -> list[str]:
         """DESIGN §4: x_R from the ``encoder`` feeds the decoder's modules only; ``visual`` x_R feeds both sides."""
         return ["decoder"] if self.x_r_source == "encoder" else ["encoder", "decoder"]
+
+    def tiny(self) -> "ModelConfig":
+        """The packaged ``bart-tiny`` architecture: bart-base's structure and vocabulary at d_model 32, 2+2 layers."""
+        return replace(self, arch="bart-tiny")
 
 
 #: The name every other module uses for this family's config section.
@@ -149,7 +154,9 @@ class VLBart(FamilyModel):
         text = enc.layernorm_embedding(text)
         vis = self.visual_embedding(feats.to(text.dtype), batch["img_order_ids"], batch["obj_order_ids"])
         x_r_vis = vis.mean(dim=1, keepdim=True) if self.model_cfg.x_r_source == "visual" else None
-        self.routing_state.set(batch.get("task"), encoder=x_r_vis, decoder=x_r_vis)
+        # batch_size: a replaced x_R (peft.x_r_replace) gets one row per example, even though the decoder hook
+        # writes x_R from beam-expanded encoder states
+        self.routing_state.set(batch.get("task"), batch_size=input_ids.shape[0], encoder=x_r_vis, decoder=x_r_vis)
         hidden = nn.functional.dropout(torch.cat([text, vis], dim=1), p=enc.dropout, training=self.training)
         mask = torch.cat([text_mask, text_mask.new_ones(vis.shape[:2])], dim=1)
         attn = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=mask)
@@ -226,7 +233,8 @@ def packaged_arch_config(name: str):
     else:
         res = resources.files("vlrouting.configs").joinpath(f"arch/{name}.json")
         if not res.is_file():
-            raise ConfigError(f"unknown architecture config '{name}'; use 'bart-base' or a path to a config.json.")
+            raise ConfigError(f"unknown architecture config '{name}'; use 'bart-base', 'bart-tiny' or a path to a "
+                              "config.json.")
         data = json.loads(res.read_text())
     data.pop("_comment", None)
     data.pop("model_type", None)

@@ -8,8 +8,9 @@ values (several printed deltas of the routing-functions paper are arithmetic sli
 
 Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key is the configs' ``paper_row``):
 ``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
-baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``vit_gpt2`` —
-Tables 4, B5 (ViT+GPT-2 COCO captions).
+baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``ablations`` —
+Tables 6 and B2 of the ViT families (and Table B3's inference times as plain data); ``vit_gpt2`` — Tables 4, B5
+(ViT+GPT-2 COCO captions).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vlrouting.errors import ConfigError
 
 #: The modules holding paper rows, in the order their tables appear.
 ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
-                                "vlrouting.paper_results.vit_gpt2")
+                                "vlrouting.paper_results.ablations", "vlrouting.paper_results.vit_gpt2")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -40,7 +41,6 @@ class PaperRow:
     values: dict[str, float]  # column key → number as printed (e.g. vqa, gqa, nlvr, caption, avg ×100)
     std: dict[str, float] | None = None  # same keys; only where the paper prints ± std
     decimals: int = 2  # digits after the point as printed
-    column_decimals: dict[str, int] | None = None  # per-column exceptions (Table 4: metrics 1 digit, Avg 2)
     n_seeds: int = 1
     source: str = THIS_PAPER
     baseline: bool = False  # True for rows quoted from another work
@@ -48,6 +48,7 @@ class PaperRow:
     routing_per_task: dict[str, str] | None = None  # Table 8's check-mark / combination columns
     trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
     note: str = ""
+    column_decimals: dict[str, int] | None = None  # per-column digits where a row mixes them (Tables 4, 6)
 
     def format(self, column: str, with_std: bool = True) -> str:
         """The cell as the paper prints it, e.g. ``65.76`` or ``65.76 ± 0.28``; ``""`` for a missing column."""
@@ -68,11 +69,10 @@ class PaperRow:
         return {
             "key": self.key, "table": self.table, "block": self.block, "label": self.label,
             "routing": self.routing, "values": dict(self.values), "std": dict(self.std) if self.std else None,
-            "decimals": self.decimals,
-            "column_decimals": dict(self.column_decimals) if self.column_decimals else None,
-            "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
+            "decimals": self.decimals, "n_seeds": self.n_seeds, "source": self.source, "baseline": self.baseline,
             "lr": self.lr, "routing_per_task": dict(self.routing_per_task) if self.routing_per_task else None,
             "trainable_percent": self.trainable_percent, "note": self.note,
+            "column_decimals": dict(self.column_decimals) if self.column_decimals else None,
         }
 
 

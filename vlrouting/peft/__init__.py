@@ -17,12 +17,12 @@ from vlrouting.peft.attach import (
     peft_wrappers,
 )
 from vlrouting.peft.config import PeftConfig
-from vlrouting.peft.io import load_peft, save_peft
+from vlrouting.peft.io import load_peft, save_peft, save_peft_init
 from vlrouting.peft.registry import PEFT_METHODS, get_peft_method, register_peft_method
 from vlrouting.peft.state import RoutingState, masked_mean
 
 __all__ = [
     "PEFT_METHODS", "PeftConfig", "RoutingState", "attach_peft", "count_parameters", "format_parameter_report",
     "get_peft_method", "load_peft", "mark_trainable", "masked_mean", "peft_parameters", "peft_wrappers",
-    "register_peft_method", "save_peft",
+    "register_peft_method", "save_peft", "save_peft_init",
 ]

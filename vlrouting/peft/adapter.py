@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.activations import get_activation
 
-from vlrouting.peft.base import RoutedWrapper, in_out_features
+from vlrouting.peft.base import DeltaPair, RoutedWrapper, in_out_features
 from vlrouting.peft.registry import layer_norm_params, register_peft_method
 from vlrouting.routing import route
 
@@ -49,6 +49,10 @@ class AdapterWrapper(RoutedWrapper):
         r = d // cfg.reduction_factor
         super().__init__(base_layer, lambda: AdapterBlock(d, r, cfg.adapter_act, cfg.init_std),
                          tasks=cfg.tasks, shared=cfg.shared, **kw)
+
+    def delta_pairs(self) -> list[DeltaPair]:
+        """W_down = ``down.weight`` (r × d), W_up = ``up.weight`` (d × r); biases are not part of W."""
+        return [DeltaPair(label, f"{prefix}.down.weight", f"{prefix}.up.weight") for label, prefix in self.block_prefixes()]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(x, *args, **kwargs)

@@ -31,6 +31,7 @@ def attach_peft(model: nn.Module, cfg: PeftConfig, state: RoutingState | None = 
     method = get_peft_method(cfg.method)
     method.check(cfg)  # also run when the config was built; repeated for configs changed after that
     state = state if state is not None else RoutingState()
+    state.x_r_replace = cfg.x_r_replace  # Table B2: applied where x_R enters the state (vlrouting.peft.state)
     model_type = model_type or getattr(getattr(model, "config", None), "model_type", None)
     targets = targets_for(model_type, method.placement, cfg.targets)
     routing_map = resolve_routing(cfg.routing, tuple(cfg.tasks))

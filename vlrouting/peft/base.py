@@ -4,9 +4,14 @@ A wrapper replaces one target module of a Hugging Face model (HF PEFT's ``base_l
 is kept intact as ``base_layer``; the trainable block(s) live under ``peft_block`` — one module when shared by all
 tasks (VL-Adapter's *single*), a ``ModuleDict`` keyed by task otherwise (*multiple*). The routing function is
 looked up per task (the paper chooses it by the task prompt, Table 8).
+
+A wrapper also names its down- and up-projection matrices (:meth:`RoutedWrapper.delta_pairs`), so analyses of how
+they change in training (paper Fig. B2: ‖W_t − W_0‖_F of W_down and W_up) never need to know the method.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,6 +26,22 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
     if type(module).__name__ == "Conv1D":
         return module.weight.shape[0], module.weight.shape[1]
     raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear and Conv1D are supported")
+
+
+@dataclass(frozen=True)
+class DeltaPair:
+    """The down- and up-projection matrices of one PEFT block at one wrapped position (paper Fig. B2).
+
+    ``block``: ``shared`` or the task whose block it is; ``down`` / ``up``: parameter names relative to the wrapper
+    (``peft_block.vqa.lora_A``), the matrices whose change ‖W_t − W_0‖_F is reported; ``groups``: names of equal
+    blocks of rows that both matrices split into and that are reported separately — e.g. ``("q", "v")`` for a
+    LoRA whose merged A stacks the query and value rows (and whose B stacks their outputs) — or ``()``.
+    """
+
+    block: str
+    down: str
+    up: str
+    groups: tuple[str, ...] = ()
 
 
 class RoutedWrapper(nn.Module):
@@ -71,6 +92,16 @@ class RoutedWrapper(nn.Module):
                 )
             x_r = expand_to_batch(x_r, batch)
         return task, self.block_for(task), routing, x_r
+
+    def block_prefixes(self) -> list[tuple[str, str]]:
+        """(label, parameter-name prefix) of each PEFT block: ``("shared", "peft_block")`` or one per task."""
+        if self.shared:
+            return [("shared", "peft_block")]
+        return [(t, f"peft_block.{t}") for t in self.tasks]
+
+    def delta_pairs(self) -> list[DeltaPair]:
+        """The (down, up) matrices of every block (:class:`DeltaPair`); empty for a method without plain ones."""
+        return []
 
     def extra_repr(self) -> str:
         kind = "shared" if self.shared else f"per-task[{', '.join(self.tasks)}]"

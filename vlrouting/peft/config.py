@@ -35,6 +35,11 @@ class PeftConfig:
     - Prompt tuning (reference §3.8): ``prompt_len`` embeddings through Linear(d → ``prompt_mid_dim``) → tanh →
       Linear(→ d), prepended to the encoder input; ``shared`` = one prompt for all tasks. No routing.
     - ``targets``: optional override of the per-architecture target table (list of [regex, side]).
+    - ``x_r_replace`` (paper Table B2): ``none`` keeps x_R; ``noise`` replaces it by fresh N(0, 1) noise every
+      forward, ``ones`` by all-ones — only the routing input: the visual tokens or prefix the model reads stay
+      real. One switch for every model family: it acts where x_R enters the shared
+      :class:`~vlrouting.peft.RoutingState` (see :mod:`vlrouting.peft.state`). It belongs here, beside
+      ``routing`` and ``route_sides``, because it changes what the routing functions read, not the backbone.
     """
 
     method: str = "adapter"
@@ -57,6 +62,7 @@ class PeftConfig:
     half_shared: Literal["up", "down"] = "up"
     prompt_len: int = 40
     prompt_mid_dim: int = 800
+    x_r_replace: str = "none"
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -73,8 +79,16 @@ class PeftConfig:
         if self.half_shared not in ("up", "down"):
             raise ConfigError(f"peft.half_shared must be 'up' or 'down' (the projection all tasks share), "
                               f"got {self.half_shared!r}.")
-        from vlrouting.peft.registry import get_peft_method
+        from vlrouting.peft.registry import _routes, get_peft_method
+        from vlrouting.peft.state import X_R_REPLACEMENTS
 
+        if self.x_r_replace not in X_R_REPLACEMENTS:
+            raise ConfigError(f"peft.x_r_replace must be one of {', '.join(X_R_REPLACEMENTS)}, "
+                              f"got {self.x_r_replace!r}.")
+        if self.x_r_replace != "none" and not _routes(self.routing):
+            raise ConfigError(f"peft.x_r_replace={self.x_r_replace} replaces the routing input x_R, but "
+                              f"peft.routing={self.routing!r} routes no task, so nothing reads x_R; set a routing "
+                              "function (Table B2 uses proj) or peft.x_r_replace=none.")
         get_peft_method(self.method).check(self)  # unknown methods and combinations the method cannot honour
 
     def to_dict(self) -> dict:

@@ -18,7 +18,7 @@ from torch import nn
 from transformers.activations import get_activation
 
 from vlrouting.errors import ConfigError
-from vlrouting.peft.base import RoutedWrapper, in_out_features
+from vlrouting.peft.base import DeltaPair, RoutedWrapper, in_out_features
 from vlrouting.peft.registry import layer_norm_params, register_peft_method
 from vlrouting.routing import route
 
@@ -56,6 +56,13 @@ class HalfSharedAdapterWrapper(RoutedWrapper):
         """(Down, Up) of ``task``."""
         own = self.block_for(task)
         return (own, self.peft_shared) if self.shares == "up" else (self.peft_shared, own)
+
+    def delta_pairs(self) -> list[DeltaPair]:
+        """Per task: its own projection's weight and the shared one's (the shared matrix appears in every pair)."""
+        own = [(label, f"{prefix}.weight") for label, prefix in self.block_prefixes()]
+        if self.shares == "up":
+            return [DeltaPair(label, name, "peft_shared.weight") for label, name in own]
+        return [DeltaPair(label, "peft_shared.weight", name) for label, name in own]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(x, *args, **kwargs)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from vlrouting.peft.base import RoutedWrapper, in_out_features
+from vlrouting.peft.base import DeltaPair, RoutedWrapper, in_out_features
 from vlrouting.peft.registry import bias_params, register_peft_method
 from vlrouting.routing import route
 
@@ -39,6 +39,10 @@ class LoRAWrapper(RoutedWrapper):
         super().__init__(base_layer, lambda: LoRABlock(fin, fout, cfg.r), tasks=cfg.tasks, shared=cfg.shared, **kw)
         self.scaling = cfg.lora_alpha / cfg.r
         self.dropout = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
+
+    def delta_pairs(self) -> list[DeltaPair]:
+        """W_down = A (r × in), W_up = B (out × r)."""
+        return [DeltaPair(label, f"{prefix}.lora_A", f"{prefix}.lora_B") for label, prefix in self.block_prefixes()]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)

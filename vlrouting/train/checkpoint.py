@@ -6,9 +6,9 @@ by :func:`gather_rng_states`): under DDP each rank draws its own dropout masks, 
 amounts when its batches have other shapes, so restoring rank 0's stream on every rank would change rank 1's masks
 after a resume. ``rng`` (rank 0's, as in older checkpoints) serves when the number of processes changed.
 
-The state is written to a temporary file in the run directory and moved over ``training_state.pt`` with
-``os.replace``, so a kill at any moment leaves either the previous complete checkpoint or the new one, never a torn
-file. It is read back with ``weights_only=True``.
+The state is written through :func:`vlrouting.fileio.atomic_path` (temporary file in the run directory, fsync,
+``os.replace``), so a kill at any moment leaves either the previous complete checkpoint or the new one, never a torn
+file (the orphaned temporary file is removed when the run resumes). It is read back with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from vlrouting.errors import DataError
-from vlrouting.fileio import _umask
+from vlrouting.fileio import atomic_path
 
 STATE_NAME = "training_state.pt"
 
@@ -85,21 +84,10 @@ def _maybe_die_in_checkpoint() -> None:
 
 
 def save_training_state(run_dir: Path, state: dict) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{STATE_NAME}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
+    path = Path(run_dir) / STATE_NAME
+    with atomic_path(path, before_replace=_maybe_die_in_checkpoint) as tmp:
         torch.save(state, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        _maybe_die_in_checkpoint()
-        os.replace(tmp, run_dir / STATE_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return run_dir / STATE_NAME
+    return path
 
 
 def load_training_state(run_dir: Path) -> dict:

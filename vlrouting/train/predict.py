@@ -25,7 +25,7 @@ def evaluate_split(trainer, task, split: str) -> dict:
     batch_size = cfg.train.eval_batch_size or task.batch_size(cfg.train.batch_size)
     loader = make_eval_loader(dataset, task, batch_size, num_workers=cfg.data.num_workers,
                               pin_memory=trainer.info.device.type == "cuda", order=dataset.length_order(),
-                              seed=cfg.train.seed)
+                              seed=cfg.train.seed, prefetch_factor=cfg.data.prefetch_factor)
     device = trainer.info.device
     predictions = {}
     start = time.perf_counter()

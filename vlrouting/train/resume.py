@@ -43,6 +43,10 @@ MAY_CHANGE = {
     "train.eval_batch_size": "evaluation batching only; evaluation runs without dropout and leaves the RNGs alone",
     "data.num_workers": "batches are the same for any number of workers (targets depend on seed, epoch and index, "
                         "worker seeds come from the loaders' own generators)",
+    "data.persistent_workers": "how batches are loaded, not which (the epoch travels with the indices)",
+    "data.prefetch_factor": "how far the workers read ahead, not what they read",
+    "data.buffers_per_worker": "which shared buffers carry the batches, not their contents",
+    "data.pin_memory": "whether batches are staged in page-locked memory, not their contents",
     "train.compile": "how the same forward is executed (compiled kernels may round differently)",
     "train.compile_backend": "how the same forward is executed (compiled kernels may round differently)",
     "train.compile_dynamic": "how the same forward is executed (compiled kernels may round differently)",

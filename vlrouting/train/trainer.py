@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,13 +36,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vlrouting.config import ExperimentConfig, dump_config, load_config
 from vlrouting.errors import VLRoutingError
-from vlrouting.peft import save_peft
-from vlrouting.fileio import atomic_write_bytes
+from vlrouting.machine import machine_info
+from vlrouting.peft import save_peft, save_peft_init
+from vlrouting.fileio import atomic_write_bytes, make_folder, remove_created, remove_orphans
 from vlrouting.train.accel import LoaderTimer, adamw, configure_backends, maybe_compile
-from vlrouting.train.checkpoint import (gather_rng_states, rng_state, rng_state_for_rank, save_training_state,
-                                        set_rng_state)
+from vlrouting.train.checkpoint import (
+    STATE_NAME, gather_rng_states, rng_state, rng_state_for_rank, save_training_state, set_rng_state,
+)
 from vlrouting.train.dist import (
-    DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, cleanup, init_distributed,
+    DistInfo, agree_on_errors, agreed, all_reduce_mean, all_reduce_sum, any_rank, barrier, cleanup, init_distributed,
+    reports,
 )
 from vlrouting.train.predict import evaluate_split
 from vlrouting.train.resume import open_run
@@ -96,6 +100,8 @@ def linear_schedule(optimizer, total_steps: int, warmup_ratio: float, warmup_ste
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device``; from pinned memory (``data.pin_memory`` on CUDA) the copies are
+    asynchronous and overlap with the work queued before them."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
@@ -146,8 +152,13 @@ class Trainer:
                                      spec=self.data_spec)
             for name, task in self.tasks.items()
         }
+        data = cfg.data
         self.loader = MultitaskLoader(self.train_sets, self.tasks, cfg.train.batch_size, world_size=info.world_size,
-                                      rank=info.rank, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
+                                      rank=info.rank, seed=cfg.train.seed, num_workers=data.num_workers,
+                                      pin_memory=data.pin_memory and info.device.type == "cuda",
+                                      persistent_workers=data.persistent_workers,
+                                      prefetch_factor=data.prefetch_factor,
+                                      buffers_per_worker=data.buffers_per_worker)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         configure_backends(info.device, cfg.train.allow_tf32)
@@ -161,12 +172,11 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self.start_time = time.time()
         self.elapsed_before = 0.0
+        self.resumed = resume
+        self.created: list[Path] = []  # folders this run created (removed again if it fails before a checkpoint)
         if saved is not None:
             self._restore(saved)
-        barrier(info)
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.run_dir / "config.yaml", dump_config(cfg).encode())
+        self._open_run_dir()
         self.tb = None
         if cfg.train.tensorboard and info.is_main:
             try:
@@ -175,6 +185,28 @@ class Trainer:
                 self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:
                 log(info, self.run_dir, "tensorboard is not installed; continuing without it (pip install tensorboard)")
+
+    # ------------------------------------------------------------------ run directory
+    @agree_on_errors
+    def _open_run_dir(self) -> None:
+        if not self.info.is_main:
+            return
+        # (open_run has already refused an occupied directory without --resume)
+        self.created = make_folder(self.run_dir)
+        for folder in (self.run_dir, self.run_dir / "predictions"):
+            remove_orphans(folder)  # temporary files of a writer that was killed
+        atomic_write_bytes(self.run_dir / "config.yaml", dump_config(self.cfg).encode())
+        if not self.resumed:  # the PEFT weights at step 0 of a fresh run (ΔW analyses, Fig. B2)
+            save_peft_init(self.model, self.run_dir)
+
+    def discard_unfinished(self) -> None:
+        """After an error: remove the run directory of a fresh run that has no checkpoint yet (nothing in it can be
+        resumed or reported); a resumed run or one with a checkpoint is kept for --resume latest."""
+        if self.info.is_main and not self.resumed and self.created and not (self.run_dir / STATE_NAME).exists():
+            if self.tb is not None:
+                self.tb.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            remove_created(self.created)
 
     # ------------------------------------------------------------------ state
     def _trainable_state(self) -> dict:
@@ -199,13 +231,13 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed", 0.0))
         log(self.info, None, f"resumed from {self.run_dir / 'training_state.pt'} at epoch {self.epoch}, step {self.step}")
 
+    @agree_on_errors
     def save_checkpoint(self) -> None:
         rngs = gather_rng_states(self.info.world_size)
         if self.info.is_main:
             save_training_state(self.run_dir, {**self._state(), "rng_ranks": rngs})
             save_peft(self.model, self.run_dir, {"model": self.cfg.to_dict()["model"],
                                                  "peft": self.cfg.to_dict()["peft"]})
-        barrier(self.info)
 
     # ------------------------------------------------------------------ loop
     def autocast(self):
@@ -230,11 +262,10 @@ class Trainer:
         loss = task_loss + sum(aux.values()) if aux else task_loss
         bad = not bool(torch.isfinite(loss).item())
         if any_rank(bad, self.info):
-            raise TrainingDiverged(
-                f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}'; the last good "
-                f"checkpoint in {self.run_dir} is kept (start a new output.run with a lower train.lr or "
-                "train.precision=fp32)."
-            )
+            kept = (f"the last checkpoint in {self.run_dir} is kept for --resume latest"
+                    if (self.run_dir / STATE_NAME).exists() else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"the loss became NaN/Inf at step {self.step + 1} on task '{batch['task']}' "
+                                   f"({kept}); try a lower train.lr or train.precision=fp32.")
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -275,7 +306,7 @@ class Trainer:
                 bar = tqdm(total=self.steps_per_epoch, initial=self.loader.position, desc=f"epoch {self.epoch}",
                            leave=False, disable=not sys.stderr.isatty())
             timer = LoaderTimer(self.loader)
-            for batch in timer:
+            for batch in agreed(timer, info):  # a worker's data error stops every rank together
                 losses = self.train_step(batch)
                 loss = losses["loss"]
                 self.step += 1
@@ -311,9 +342,11 @@ class Trainer:
             if cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
                 self.evaluate("val")
             self.save_checkpoint()
+        self.loader.close()  # the training workers (and their feature buffers) are not needed any more
         results = self.evaluate("test") if cfg.train.test_after else {}
         return self.finish(results)
 
+    @agree_on_errors
     def evaluate(self, split: str) -> dict:
         out = {}
         if self.info.is_main:
@@ -328,9 +361,9 @@ class Trainer:
                     self.tb.add_scalar(f"{split}/{name}", task.headline(metrics), self.epoch)
                 log(self.info, self.run_dir, f"[{split}] epoch {self.epoch} {name}: {task.headline(metrics):.2f}")
             self.model.train()
-        barrier(self.info)
         return out
 
+    @agree_on_errors
     def finish(self, test: dict) -> dict:
         results = {}
         if self.info.is_main:
@@ -347,6 +380,7 @@ class Trainer:
                 "status": "completed", "summary": summary, "test": test,
                 "params": self.params, "steps": self.step, "epochs": self.epoch,
                 "world_size": self.info.world_size, "git_commit": git_commit(), "versions": versions(),
+                "machine": machine_info(),  # what CPU results are bit-identical across (README, Determinism)
                 "wall_time_s": round(self.elapsed_before + time.time() - self.start_time, 2),
                 "peak_memory_mb": round(peak_memory_mb(self.info.device), 1),
                 "throughput": getattr(self, "throughput", None),
@@ -356,7 +390,6 @@ class Trainer:
             atomic_write_bytes(self.run_dir / "results.json", json.dumps(results, indent=2).encode())
             if self.tb is not None:
                 self.tb.close()
-        barrier(self.info)
         return results
 
 
@@ -386,10 +419,17 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        Trainer(cfg, info, resume=args.resume == "latest").run()
+        trainer = Trainer(cfg, info, resume=args.resume == "latest")
+        try:
+            trainer.run()
+        except VLRoutingError:
+            trainer.discard_unfinished()
+            raise
+        finally:
+            del trainer  # before cleanup(info): see there
         return 0
     except VLRoutingError as exc:
-        if info.is_main:
+        if reports(exc, int(os.environ.get("RANK", "0"))):  # once: rank 0, or the rank whose error it is
             print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -40,8 +40,10 @@ from typing import Any, Callable, Literal, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from vlrouting.data import shm
 from vlrouting.data.layout import ANNOTATIONS, AnnotationSource, DataSpec
 from vlrouting.errors import ConfigError, DataError
+from vlrouting.fileio import is_plain_name
 
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -100  # labels at padded target positions (VL-Adapter collate_fn, reference §3.4)
@@ -155,6 +157,58 @@ def read_records(path: Path, required: Sequence[str]) -> list[dict]:
                 f"Record {i} of {path} lacks the field(s) {', '.join(missing)}; re-create the file or re-download the data."
             )
     return data
+
+
+# ------------------------------------------------------------------------- record field checks (Task.check_record)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def id_problem(record: Mapping, field: str) -> str | None:
+    """Ids (question ids, uids) must be strings or integers."""
+    value = record.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"has {field} {value!r} ({_kind(value)}), but ids must be strings or integers"
+    return None
+
+
+def image_id_problem(record: Mapping, field: str) -> str | None:
+    """An image id names one entry of a feature or image folder: a string or integer with no path in it."""
+    problem = id_problem(record, field)
+    if problem:
+        return problem
+    text = str(record[field])
+    if not is_plain_name(text):
+        return (f"has {field} {text!r}, which is not a plain image id (no '/', '\\' or '..': an id must not point "
+                f"outside its image or feature folder)")
+    return None
+
+
+def text_problem(record: Mapping, *fields: str) -> str | None:
+    """Questions and sentences, when present, are strings."""
+    for field in fields:
+        if field in record and not isinstance(record[field], str):
+            return f"has {field} {record[field]!r} ({_kind(record[field])}), but it must be a string"
+    return None
+
+
+def label_problem(record: Mapping, task: str, field: str = "label") -> str | None:
+    """A soft label (VQA, GQA), when present, maps answer strings to finite non-negative scores."""
+    label = record.get(field)
+    if label is None:
+        return None
+    example = '{"yes": 1.0}'
+    if not isinstance(label, dict):  # JSON objects load as dicts
+        return (f"has {field} {label!r} ({_kind(label)}), but a {task} label maps answer strings to scores, "
+                f"e.g. {example}")
+    for answer, score in label.items():  # exact type checks: this runs for every record of every split (fast)
+        if (type(answer) is not str or type(score) not in (int, float) or not math.isfinite(score)
+                or score < 0):
+            return (f"has {field} entry {answer!r}: {score!r}, but a {task} label maps answer strings to "
+                    f"non-negative scores, e.g. {example}")
+    return None
 
 
 def check_limit(limit: int | None) -> int | None:
@@ -279,9 +333,21 @@ class Task:
         """All records of ``split``, each tagged with ``_features`` (the feature dataset its images come from)."""
         records: list[dict] = []
         for source in self.sources(split):
-            for rec in read_records(root / source.annotation, self.required_fields):
+            path = root / source.annotation
+            for i, rec in enumerate(read_records(path, self.required_fields)):
+                problem = self.check_record(rec)
+                if problem:
+                    raise DataError(f"Record {i} of {path} {problem}; fix the file or re-download the data.")
                 records.append({**rec, "_features": source.features})
         return records
+
+    def check_record(self, record: dict) -> str | None:
+        """What is wrong with the field types of one annotation record (``"has label 'yes' (a str), ..."``), or None.
+
+        Called for every record as it is loaded, so a malformed file fails at the pre-flight check, not mid-epoch.
+        Each task checks its own fields with the ``*_problem`` helpers of this module.
+        """
+        return None
 
     def sources(self, split: str) -> tuple[Source, ...]:
         if split not in self.splits:
@@ -455,16 +521,14 @@ class ExampleBatch(list):
 
 
 def feature_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor for a batch's features.
+    """An uninitialised float32 tensor for a batch's features (:func:`vlrouting.data.shm.batch_buffer`).
 
-    Inside a DataLoader worker it is allocated in shared memory (as torch's ``default_collate`` does for its
-    stacked tensors): the batch then travels to the main process as a handle, not as a copy of its bytes.
+    Inside a DataLoader worker it lives in shared memory (as torch's ``default_collate`` allocates its stacked
+    tensors), so the batch travels to the main process as a handle, not as a copy of its bytes; in a worker started
+    with a slot pool (:class:`vlrouting.data.shm.WorkerInit`, as the multitask loader starts its workers) it is one
+    of the worker's recycled buffers.
     """
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    elem = torch.empty(0, dtype=torch.float32)
-    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
-    return elem.new(storage).view(shape)
+    return shm.batch_buffer(tuple(shape), torch.float32)
 
 
 # --------------------------------------------------------------------------------------------------- the dataset
@@ -475,8 +539,12 @@ class TaskDataset(torch.utils.data.Dataset):
 
     ``records`` keeps the annotation records (with the references ``Task.evaluate`` needs). Training targets that are
     sampled (VQA, GQA) draw from ``np.random.default_rng((seed, epoch, index))``: reproducible for a seed, fresh
-    each epoch (:meth:`set_epoch`), and independent across indices, hence across DDP ranks and DataLoader workers.
+    each epoch (:meth:`set_epoch`, or the ``epoch`` a batch of indices carries: :meth:`__getitems__`), and
+    independent across indices, hence across DDP ranks and DataLoader workers.
     """
+
+    #: :meth:`__getitems__` takes the epoch from the indices when they carry one (persistent workers may serve it).
+    epoch_from_indices = True
 
     def __init__(self, task: Task, split: str, records: list[dict], tokenizer, stores: Mapping[str, Any], *,
                  seed: int = 0, max_text_positions: int = DEFAULT_MAX_TEXT_POSITIONS,
@@ -545,11 +613,16 @@ class TaskDataset(torch.utils.data.Dataset):
         feature blocks of all images of the batch are read with one ``read_batch`` per feature dataset into one
         (B · images, n_boxes, C) buffer that is already the (B, V, C) batch array (NLVR2: img0 then img1 of each
         example, 72 tokens).
+
+        ``indices`` may carry the epoch they belong to (an ``epoch`` attribute, as the multitask loader's batches
+        do): it then wins over :meth:`set_epoch`'s, so that workers that live across epochs (persistent DataLoader
+        workers, which hold a copy of the dataset made when they started) sample the targets of the right epoch.
         """
         task = self.task
+        epoch = int(getattr(indices, "epoch", self.epoch))
         indices = [int(i) for i in indices]
         records = [self.records[i] for i in indices]
-        drawn = [task.target(rec, self.train, np.random.default_rng((self.seed, self.epoch, i)) if self.train else None)
+        drawn = [task.target(rec, self.train, np.random.default_rng((self.seed, epoch, i)) if self.train else None)
                  for i, rec in zip(indices, records)]
         keys = [task.image_keys(rec) for rec in records]
         per_example = {len(k) for k in keys}
@@ -558,13 +631,17 @@ class TaskDataset(torch.utils.data.Dataset):
                             f"({sorted(per_example)}); check the annotation records of indices {indices}.")
         n_img = per_example.pop()
         feats = self._batch_features([key for k in keys for key in k])  # (B · n_img, V1, C)
-        b, v1 = len(indices), feats.shape[1]
-        vis = feats.view(b, n_img * v1, feats.shape[2])
-        img_order = torch.arange(n_img, dtype=torch.long).repeat_interleave(v1).repeat(b, 1)
-        obj_order = torch.arange(v1, dtype=torch.long).repeat(n_img).repeat(b, 1)
-        input_ids = self._encode_many([task.text(rec) for rec in records], task.max_input_length)
-        with_labels = task.has_labels(self.train)
-        target_ids = self._encode_many([t for t, _ in drawn], task.max_target_length) if with_labels else None
+        try:
+            b, v1 = len(indices), feats.shape[1]
+            vis = feats.view(b, n_img * v1, feats.shape[2])
+            img_order = torch.arange(n_img, dtype=torch.long).repeat_interleave(v1).repeat(b, 1)
+            obj_order = torch.arange(v1, dtype=torch.long).repeat(n_img).repeat(b, 1)
+            input_ids = self._encode_many([task.text(rec) for rec in records], task.max_input_length)
+            with_labels = task.has_labels(self.train)
+            target_ids = self._encode_many([t for t, _ in drawn], task.max_target_length) if with_labels else None
+        except BaseException:
+            shm.give_back(feats)  # the batch never leaves this process: its buffer may be refilled
+            raise
         vis_np, img_np, obj_np = vis.numpy(), img_order.numpy(), obj_order.numpy()
         examples = [{
             "task": task.name,
@@ -591,17 +668,22 @@ class TaskDataset(torch.utils.data.Dataset):
             held.append(feature_buffer(shape))
             return held[-1].numpy()
 
-        if len(groups) == 1:  # the usual case: straight into the batch buffer
-            self._read_group(self.stores[keys[0][0]], [i for _, i in keys], allocate)
+        try:
+            if len(groups) == 1:  # the usual case: straight into the batch buffer
+                self._read_group(self.stores[keys[0][0]], [i for _, i in keys], allocate)
+                return held[-1]
+            parts = {ds: self._read_group(self.stores[ds], [keys[k][1] for k in pos],
+                                          lambda shape: np.empty(shape, np.float32))
+                     for ds, pos in groups.items()}
+            check_block_shapes(self.task.name, [p.shape[1:] for p in parts.values()])
+            out = allocate((len(keys), *next(iter(parts.values())).shape[1:]))
+            for ds, pos in groups.items():
+                out[pos] = parts[ds]
             return held[-1]
-        parts = {ds: self._read_group(self.stores[ds], [keys[k][1] for k in pos],
-                                      lambda shape: np.empty(shape, np.float32))
-                 for ds, pos in groups.items()}
-        check_block_shapes(self.task.name, [p.shape[1:] for p in parts.values()])
-        out = allocate((len(keys), *next(iter(parts.values())).shape[1:]))
-        for ds, pos in groups.items():
-            out[pos] = parts[ds]
-        return held[-1]
+        except BaseException:
+            for t in held:  # a failed read: the buffer never leaves this process
+                shm.give_back(t)
+            raise
 
     @staticmethod
     def _read_group(store, ids: list[str], allocate) -> np.ndarray:
@@ -627,4 +709,5 @@ __all__ = [
     "SPLITS", "IGNORE_INDEX", "Source", "Column", "LossTerm", "DecodeSpec", "Task", "TaskDataset", "ExampleBatch",
     "FeatureSource",
     "sample_answer", "best_answer", "token_losses", "example_mean_loss", "read_json", "read_records",
+    "id_problem", "image_id_problem", "text_problem", "label_problem",
 ]

@@ -56,12 +56,19 @@ class CaptionTask(Task):
                 if img["split"] not in wanted:
                     continue
                 img_id = Path(img["filename"]).stem.split(".")[0]
-                captions = [str(s["raw"]).strip() for s in img["sentences"]]
+                raw = [s["raw"] for s in img["sentences"]]
             except (KeyError, TypeError):
                 raise DataError(
                     f"Image entry {i} of {path} lacks filename, split or sentences[].raw; "
                     "re-create the file or re-download the Karpathy split."
                 ) from None
+            bad = next((r for r in [img["filename"], *raw] if not isinstance(r, str)), None)
+            if bad is None and not img_id:
+                bad = img["filename"]
+            if bad is not None:
+                raise DataError(f"Image entry {i} of {path} has the filename or caption {bad!r}, which is not a "
+                                f"(non-empty) string; fix the file or re-download the Karpathy split.")
+            captions = [c.strip() for c in raw]
             if split == "train":
                 records += [{"img_id": img_id, "sent": c, "_features": source.features} for c in captions]
             else:

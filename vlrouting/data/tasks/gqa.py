@@ -18,7 +18,10 @@ from typing import Mapping
 import numpy as np
 
 from vlrouting.data.layout import ANNOTATIONS
-from vlrouting.data.tasks.base import DecodeSpec, Source, Task, TaskDataset, best_answer, sample_answer
+from vlrouting.data.tasks.base import (
+    DecodeSpec, Source, Task, TaskDataset, best_answer, id_problem, image_id_problem, label_problem, sample_answer,
+    text_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class GQATask(Task):
     vladapter_prompt: str | None = "gpa: "
     required_fields: tuple[str, ...] = ("img_id", "question_id")
     title: str = "GQA"
+
+    def check_record(self, record: dict) -> str | None:
+        return (id_problem(record, "question_id") or image_id_problem(record, "img_id")
+                or label_problem(record, "GQA") or text_problem(record, "sent", "question"))
 
     def target(self, record: dict, train: bool, rng: np.random.Generator | None) -> tuple[str, float]:
         """Training: sampled ∝ score; eval: the top answer (testdev labels hold one answer). Weight is always 1."""

@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from vlrouting.data.layout import ANNOTATIONS
-from vlrouting.data.tasks.base import DecodeSpec, Source, Task, TaskDataset
+from vlrouting.data.tasks.base import DecodeSpec, Source, Task, TaskDataset, id_problem, image_id_problem, text_problem
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,13 @@ class NLVRTask(Task):
     required_fields: tuple[str, ...] = ("uid", "img0", "img1", "label")
     answer_words: tuple[str, str] = ("true", "false")
     title: str = "NLVR²"
+
+    def check_record(self, record: dict) -> str | None:
+        label = record.get("label")
+        if isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int):
+            return f"has label {label!r}, but an NLVR2 label is 1 (true) or 0 (false)"
+        return (id_problem(record, "uid") or image_id_problem(record, "img0") or image_id_problem(record, "img1")
+                or text_problem(record, "sent", "identifier"))
 
     def example_id(self, record: dict):
         return record["uid"]

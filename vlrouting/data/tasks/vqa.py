@@ -21,7 +21,8 @@ import torch
 from vlrouting.errors import DataError
 from vlrouting.data.layout import ANNOTATIONS, FILES
 from vlrouting.data.tasks.base import (
-    DecodeSpec, Source, Task, TaskDataset, best_answer, example_mean_loss, read_json, sample_answer,
+    DecodeSpec, Source, Task, TaskDataset, best_answer, example_mean_loss, id_problem, image_id_problem, label_problem,
+    read_json, sample_answer, text_problem,
 )
 
 OFFICIAL_ANNOTATIONS = (FILES["vqa_official_train"], FILES["vqa_official_val"])
@@ -30,6 +31,21 @@ OFFICIAL_ANNOTATIONS = (FILES["vqa_official_train"], FILES["vqa_official_val"])
 def _answer_strings(answers) -> list[str]:
     """Karpathy ``answers`` are dicts with an ``answer`` key (official format) or plain strings."""
     return [a["answer"] if isinstance(a, Mapping) else str(a) for a in answers]
+
+
+def _answers_problem(record: dict) -> str | None:
+    """Karpathy ``answers``, when present: a non-empty list of strings or official ``{"answer": str}`` dicts."""
+    if "answers" not in record:
+        return None
+    answers = record["answers"]
+    if not isinstance(answers, list) or not answers:
+        return (f"has answers {answers!r}, but answers must be a non-empty list of strings or {{\"answer\": ...}} "
+                f"dicts")
+    for a in answers:
+        value = a.get("answer") if type(a) is dict else a
+        if type(value) is not str:
+            return f"has an answer {a!r}, but answers must be strings or {{\"answer\": str}} dicts"
+    return None
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,13 @@ class VQATask(Task):
     headline_metric: str = "overall"
     required_fields: tuple[str, ...] = ("img_id", "question_id")
     title: str = "VQA"
+    # official vqaEval.py revision used by evaluate(): "2017" (VL-Adapter, the paper) or "2021" (train.vqa_eval_version)
+    eval_version: str = "2017"
+
+    def check_record(self, record: dict) -> str | None:
+        return (id_problem(record, "question_id") or image_id_problem(record, "img_id")
+                or label_problem(record, "VQA") or text_problem(record, "sent", "question")
+                or _answers_problem(record))
 
     def target(self, record: dict, train: bool, rng: np.random.Generator | None) -> tuple[str, float]:
         """Training: sampled ∝ soft score, weight = its score. Eval: the top-scoring answer, for logging only."""
@@ -92,7 +115,7 @@ class VQATask(Task):
     def evaluate(self, predictions: Mapping, dataset: TaskDataset) -> dict:
         from vlrouting.evaluation.vqa import evaluate_vqa
 
-        return evaluate_vqa(predictions, self.evaluation_records(dataset))
+        return evaluate_vqa(predictions, self.evaluation_records(dataset), version=self.eval_version)
 
 
 def _official_answers(root: Path | None, question_ids: set) -> dict:
