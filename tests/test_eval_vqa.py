@@ -286,5 +286,5 @@ def test_evaluate_vqa_by_revision_and_cli_option(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["overall"] == 41.25
     assert cli.main(argv + ["--vqa-version", "2021"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"] == 60.0
-    with pytest.raises(ConfigError, match="--vqa-version only applies to --task vqa"):
+    with pytest.raises(ConfigError, match="--vqa-version only applies to VQA tasks, not gqa"):
         cli.main(["--task", "gqa", "--predictions", str(preds), "--references", str(refs), "--vqa-version", "2021"])
