@@ -27,5 +27,5 @@ setup(
         "pillow>=10.0",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8.0"], "bench": ["peft>=0.13", "psutil>=5.9"]},
+    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5"], "bench": ["peft>=0.13", "psutil>=5.9"]},
 )

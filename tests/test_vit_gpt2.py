@@ -102,6 +102,8 @@ def test_merged_bottleneck_equals_the_hand_formula_and_leaves_k_untouched(bench)
     c_attn = model.gpt.transformer.h[0].attn.c_attn
     blk = c_attn.peft_block
     assert blk.lora_A.shape == (8, D) and blk.lora_B.shape == (2 * D, 4)
+    assert [(p.down, p.up, p.groups) for p in c_attn.delta_pairs()] == [  # ΔW analysis: q and v halves apart
+        ("peft_block.lora_A", "peft_block.lora_B", ("q", "v"))]
     x = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(3))
     x_r = prefixes(2)
     base = x @ c_attn.base_layer.weight + c_attn.base_layer.bias  # Conv1D: weight (in, out)

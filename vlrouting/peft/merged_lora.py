@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vlrouting.errors import ConfigError
-from vlrouting.peft.base import RoutedWrapper, in_out_features
+from vlrouting.peft.base import DeltaPair, RoutedWrapper, in_out_features
 from vlrouting.peft.registry import register_peft_method
 from vlrouting.routing import route
 
@@ -71,6 +71,11 @@ class MergedQVLoRAWrapper(RoutedWrapper):
         self.d, self.r = fin, cfg.r
         self.scaling = cfg.lora_alpha / cfg.r
         self.dropout = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
+
+    def delta_pairs(self) -> list[DeltaPair]:
+        """W_down = A (2r × d), W_up = the stacked B blocks (2d × r); both split into their q and v halves."""
+        return [DeltaPair(label, f"{prefix}.lora_A", f"{prefix}.lora_B", ("q", "v"))
+                for label, prefix in self.block_prefixes()]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)

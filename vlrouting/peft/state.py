@@ -44,6 +44,11 @@ class XRSlots(dict):
             value = self._state._replacement(side, value)
         super().__setitem__(side, value)
 
+    def __reduce_ex__(self, protocol):
+        # A copy (deepcopy of a model, pickling) holds the stored values as they are: they were replaced when written,
+        # and the state they belong to may be only half rebuilt while its slots are.
+        return (_rebuilt_slots, (self._state, dict(self)))
+
     def update(self, *args, **kwargs) -> None:
         for side, value in dict(*args, **kwargs).items():
             self[side] = value
@@ -52,6 +57,13 @@ class XRSlots(dict):
         if side not in self:
             self[side] = value
         return self[side]
+
+
+def _rebuilt_slots(state: "RoutingState | None", values: dict) -> XRSlots:
+    slots = XRSlots.__new__(XRSlots)
+    dict.update(slots, values)
+    slots._state = state
+    return slots
 
 
 class RoutingState:
