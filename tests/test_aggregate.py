@@ -66,6 +66,32 @@ def test_paper_rows_cross_consistent():
         assert row.baseline == (row.routing == "none")
 
 
+
+def test_vit_gpt2_paper_rows():
+    """Tables 4 and B5 (ViT+GPT-2 COCO captions): Table 4's columns, Avg = the mean of the five printed metrics, the
+    printed delta slips against the derived ones, B5's GPT-2 base half = Table 4's Adapter r = 64 block."""
+    from vlrouting.data.tasks import get_task
+    from vlrouting.paper_results.vit_gpt2 import COLUMNS as CAPTION_COLUMNS
+    from vlrouting.paper_results.vit_gpt2 import PRINTED_DELTA_SLIPS, ROWS
+
+    assert len(ROWS) == 6 * 5 and all(PAPER_ROWS[k] is row for k, row in ROWS.items())
+    assert CAPTION_COLUMNS == tuple(c.key for c in get_task("coco_lm").columns())
+    for key, row in ROWS.items():
+        assert tuple(row.values) == CAPTION_COLUMNS and not row.baseline and row.lr == 3e-5
+        assert row.values["coco_lm.Avg"] == pytest.approx(sum(row.values[c] for c in CAPTION_COLUMNS[:5]) / 5,
+                                                          abs=0.005)
+    lora = get_paper_row("table4/lora_r64/expand")
+    assert lora.values["coco_lm"] == 80.5 and lora.format("coco_lm") == "80.5" and lora.format("coco_lm.Avg") == "37.28"
+    assert lora.label == "x_t x'_v" and "x_t x''_v" in lora.note  # the printed label of the x''_v row
+    for key, slips in PRINTED_DELTA_SLIPS.items():
+        none = ROWS[key.rsplit("/", 1)[0] + "/none"]
+        for col, (printed, derived) in slips.items():
+            assert ROWS[key].values[col] - none.values[col] == pytest.approx(derived)
+            assert abs(printed - derived) > 0.09  # every other printed delta equals its derived value
+    for routing in ("none", "mul", "add", "proj", "expand"):
+        assert ROWS[f"tableb5/gpt2_base/{routing}"].values == ROWS[f"table4/adapter_r64/{routing}"].values
+    assert ROWS["tableb5/gpt2_medium/expand"].values["coco_lm"] == 90.0
+
 def test_packaged_configs_name_known_paper_rows_with_table_a1_lr():
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
@@ -239,3 +265,26 @@ def test_headline_numbers_fall_back_to_test_metrics(tmp_path: Path):
     (run,), problems = aggregate.collect_runs([tmp_path / "snap"])
     assert not problems
     assert run.values == {"vqa": 64.0, "gqa": 50.0, "nlvr": 70.0, "caption": 120.0, "avg": 76.0}
+
+
+def test_caption_avg_without_spice_is_named_beside_table4(tmp_path: Path):
+    """A coco_lm run scored without SPICE: Table 4's columns, the paper row beneath, and a note that its Avg is the
+    mean of four metrics (the paper's Avg has five)."""
+    four = {"BLEU-4": 20.0, "METEOR": 20.0, "ROUGE-L": 40.0, "CIDEr": 80.0}
+    metrics = {**four, "SPICE": None, "Avg": 40.0, "Avg_metrics": list(four), "spice_unavailable": "no jars", "n": 5}
+    run = tmp_path / "snap" / "vit_gpt2_coco_lora_r128_proj" / "seed9898"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "experiment": "vit_gpt2_coco_lora_r128_proj", "config_name": "vit_gpt2_coco_lora_r128_proj", "seed": 9898,
+        "paper_row": "table4/lora_r128/proj", "status": "completed", "summary": {"coco_lm": 80.0},
+        "test": {"coco_lm": metrics}, "params": {"trainable": 4746240, "total": 129158400, "percent": 3.67}}))
+    runs, problems = aggregate.collect_runs([tmp_path / "snap"])
+    assert not problems
+    (row,) = aggregate.aggregate_runs(runs)
+    assert [c.key for c in row["columns"]] == ["coco_lm.BLEU-4", "coco_lm.METEOR", "coco_lm.ROUGE-L", "coco_lm",
+                                               "coco_lm.SPICE", "coco_lm.Avg"]
+    assert row["coco_lm"]["mean"] == 80.0 and row["coco_lm.Avg"]["mean"] == 40.0 and row["coco_lm.SPICE"]["n"] == 0
+    assert row["notes"] == ["Avg is the mean of BLEU-4, METEOR, ROUGE-L, CIDEr only (SPICE unavailable)"]
+    md = aggregate.format_markdown([row], problems)
+    assert "| ↳ paper `table4/lora_r128/proj` (Table 4, x_t(x'_v)ᵀ x_v) | 24.9 | 22.7 | 45.4 | 83.8 | 16.9 | 38.74 |" in md
+    assert "Avg is the mean of BLEU-4, METEOR, ROUGE-L, CIDEr only (SPICE unavailable)" in md

@@ -13,7 +13,7 @@ import pytest
 
 from vlrouting.errors import ConfigError, DataError
 from vlrouting.evaluation import caption, cli
-from vlrouting.evaluation.caption import caption_average, evaluate_caption, spice_unavailable_reason
+from vlrouting.evaluation.caption import averaged_metrics, caption_average, evaluate_caption, spice_unavailable_reason
 
 REFERENCES = {
     "COCO_val2014_000000000001": ["A man riding a horse on a beach.", "A person rides a brown horse.",
@@ -108,6 +108,28 @@ def test_caption_average_needs_all_five():
     metrics = {"BLEU-4": 30.0, "METEOR": 25.0, "ROUGE-L": 50.0, "CIDEr": 110.0, "SPICE": 20.0}
     assert caption_average(metrics) == pytest.approx(47.0)
     assert caption_average({**metrics, "SPICE": None}) is None
+    five = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"]
+    assert averaged_metrics(metrics) == averaged_metrics(metrics, average_available=True) == five
+    assert averaged_metrics({**metrics, "SPICE": None}) == []  # CLIP-BART's caption: no average without SPICE
+    assert averaged_metrics({**metrics, "SPICE": None}, average_available=True) == five[:4]
+
+
+@requires_java
+def test_average_of_the_available_metrics_names_them(no_spice_jars, ours, tmp_path, capsys):
+    """Task coco_lm (Table 4) averages what exists when SPICE is unavailable and says which metrics; the default
+    (CLIP-BART's caption task) keeps Avg None, without Avg_metrics."""
+    assert "Avg_metrics" not in ours
+    out = evaluate_caption(PREDICTIONS, REFERENCES, average_available=True)
+    assert out["SPICE"] is None and "spice_unavailable" in out
+    assert out["Avg_metrics"] == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+    assert out["Avg"] == pytest.approx((ours["BLEU-4"] + ours["METEOR"] + ours["ROUGE-L"] + ours["CIDEr"]) / 4)
+    results = tmp_path / "captions.json"
+    results.write_text(json.dumps(PREDICTIONS))
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps(REFERENCES))
+    assert cli.main(["--task", "coco_lm", "--predictions", str(results), "--references", str(refs)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["Avg"] == pytest.approx(out["Avg"]) and printed["Avg_metrics"] == out["Avg_metrics"]
 
 
 @requires_java
@@ -117,6 +139,7 @@ def test_spice_value_used_when_available(ours, monkeypatch, tmp_path):
     out = evaluate_caption(PREDICTIONS, REFERENCES)
     assert out["SPICE"] == pytest.approx(20.0) and "spice_unavailable" not in out
     assert out["Avg"] == pytest.approx(sum(out[k] for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")) / 5)
+    assert out["Avg_metrics"] == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"]
     assert out["CIDEr"] == pytest.approx(ours["CIDEr"])
 
     def broken(gts, res):

@@ -581,7 +581,7 @@ def _tiny_gpt2():
         ("roberta", "encoder", "adapter", 4),
         ("roberta", "encoder", "lora", 4),
         ("gpt2", "decoder", "adapter", 4),
-        ("gpt2", "decoder", "lora", 2),
+        ("gpt2", "decoder", "merged_qv_lora", 2),
     ],
 )
 def test_other_backbones(arch, side, method, n_wrapped):
@@ -597,14 +597,16 @@ def test_other_backbones(arch, side, method, n_wrapped):
     _, state = attach(model, method, tasks=["vqa"], routing="proj", route_sides=[side], r=4, reduction_factor=4)
     wrappers = peft_wrappers(model)
     assert len(wrappers) == n_wrapped and {w.side for w in wrappers} == {side}
-    if arch == "gpt2" and method == "lora":
+    if arch == "gpt2" and method == "merged_qv_lora":
         assert all(isinstance(w.base_layer, Conv1D) for w in wrappers)
-        assert wrappers[0].peft_block.lora_B.shape == (3 * 32, 4)  # c_attn: 32 → 96 (q, k, v)
+        # c_attn: 32 → 96 (q, k, v); the merged bottleneck is 2r wide and B holds the q- and v-blocks only
+        assert wrappers[0].peft_block.lora_A.shape == (2 * 4, 32)
+        assert wrappers[0].peft_block.lora_B.shape == (2 * 32, 4)
     model.eval()
 
     x_r = make_x_r(b=2, d=32)
     state.set("vqa", **{side: x_r})
-    if method == "lora":
+    if method in ("lora", "merged_qv_lora"):
         assert torch.equal(out(), ref)  # B = 0 at init
         randomize_([w.peft_block.lora_B for w in wrappers], std=0.1)
     routed = out()

@@ -87,11 +87,13 @@ def test_every_script_names_a_packaged_config():
 
     names = set(packaged_configs())
     scripts = sorted(p for p in (REPO / "scripts").glob("*.sh")
-                     if p.stem.startswith(("multitask_", "vladapter_", "vit_roberta_", "petal_")))
+                     if p.stem.startswith(("multitask_", "vladapter_", "vit_roberta_", "vit_gpt2_", "petal_")))
     # CLIP-BART rows and baselines, + VL-Adapter's Compacter, Hyperformer, half-shared and prompt rows, + ViT+RoBERTa
-    # Tables 1 (20) and B4 (5), + PETAL's Table 4 map (full, v1-v4, random instruction)
-    assert len(scripts) == 29 + 6 + 25 + 6
+    # Tables 1 (20) and B4 (5), + PETAL's Table 4 map (full, v1-v4, random instruction), + ViT+GPT-2 COCO (Table 4:
+    # {LoRA, Adapter} × r ∈ {64, 128} × 5 routings; Table B5: GPT-2 medium, Adapter r = 64 × 5 routings)
+    assert len(scripts) == 29 + 6 + 25 + 6 + 4 * 5 + 5
     assert (REPO / "scripts" / "multitask_adapter_comb3.sh").is_file()
+    assert (REPO / "scripts" / "vit_gpt2_medium_coco_adapter_r64_expand.sh").is_file()
     for script in scripts:
         assert script.stem in names, script
         assert f"_launch.sh\" {script.stem} " in script.read_text()

@@ -93,6 +93,34 @@ def test_every_paper_config_loads_with_table_a1_rates():
         assert cfg.peft.route_sides == ["decoder"]  # x_R from the encoder feeds the decoder's modules
 
 
+
+def test_warmup_steps_override_the_ratio_and_clipping_can_be_switched_off():
+    """The GPT-2 captioning recipe (spec §5.1): 5,000 warm-up steps whatever the run length, no gradient clipping."""
+    from vlrouting.config import build_config
+    from vlrouting.errors import ConfigError
+    from vlrouting.train.trainer import linear_schedule
+
+    def factors(**kw):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = linear_schedule(opt, 10, **kw)
+        out = []
+        for _ in range(10):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert factors(warmup_ratio=0.2) == pytest.approx([0, 0.5, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+    assert factors(warmup_ratio=0.2, warmup_steps=4) == pytest.approx(
+        [0, 0.25, 0.5, 0.75, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    assert factors(warmup_ratio=0.2, warmup_steps=0)[:2] == pytest.approx([1.0, 0.9])
+    cfg = build_config({"name": "x", "train": {"clip_grad_norm": 0, "warmup_steps": 5000}})
+    assert (cfg.train.clip_grad_norm, cfg.train.warmup_steps) == (0, 5000)
+    with pytest.raises(ConfigError, match="train.warmup_steps must be 0 or more steps"):
+        build_config({"name": "x", "train": {"warmup_steps": -1}})
+    with pytest.raises(ConfigError, match=r"train.clip_grad_norm must be 0 or \.inf \(no clipping\) or positive"):
+        build_config({"name": "x", "train": {"clip_grad_norm": -1.0}})
+
 # ----------------------------------------------------------------------------------------------- DDP
 
 

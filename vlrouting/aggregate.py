@@ -13,7 +13,9 @@ benchmark the paper's VQA, GQA, NLVR², COCO CIDEr, Avg of Tables 7, 8, C7), the
 Statistics: mean and sample standard deviation (ddof=1) over the runs of a group. A group with one run shows the
 mean alone and ``n=1`` (no std is invented). An average column (Avg of the four CLIP-BART tasks) exists only for
 runs that have every task of its set. Runs without ``results.json`` or whose ``status`` is not ``"completed"`` are listed by
-path and reason, never silently dropped. Outputs are written atomically (temporary file + rename).
+path and reason, never silently dropped. A number that averages fewer metrics than usual because one is unavailable
+(the caption ``Avg`` without SPICE, named by ``Avg_metrics``) gets a note. Outputs are written atomically (temporary
+file + rename).
 """
 
 from __future__ import annotations
@@ -236,9 +238,32 @@ def aggregate_runs(runs: Iterable[Run], group_by: str = "config_name") -> list[d
             notes.append(f"seed {', '.join(map(str, dupes))} appears in several runs (same run copied twice?)")
         if any(s is None for s in row["seeds"]):
             notes.append("some runs record no seed")
+        notes += _partial_average_notes(columns, members)
         row["notes"] = notes
         rows.append(row)
     return rows
+
+
+def _partial_average_notes(columns: list[TableColumn], members: list[Run]) -> list[str]:
+    """A metrics dict may name what one of its numbers averages (``<name>_metrics``, e.g. a caption ``Avg`` taken
+    without an unavailable SPICE); say so whenever a metric the run reports as unavailable (null) is left out."""
+    notes: list[str] = []
+    for col in columns:
+        if col.task is None or not col.path:
+            continue
+        seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+        for run in members:
+            node: Any = (run.data.get("test") or {}).get(col.task)
+            for part in col.path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or not isinstance(node.get(f"{col.path[-1]}_metrics"), list):
+                continue
+            names = tuple(str(n) for n in node[f"{col.path[-1]}_metrics"])
+            missing = tuple(k for k, v in node.items() if v is None and k not in names)
+            if missing and (names, missing) not in seen:
+                seen.add((names, missing))
+                notes.append(f"{col.title} is the mean of {', '.join(names)} only ({', '.join(missing)} unavailable)")
+    return notes
 
 
 def table_columns(runs: Iterable[Run]) -> list[TableColumn]:
@@ -362,7 +387,7 @@ def format_csv(rows: list[dict]) -> str:
                 line += ["", ""]
             else:
                 std = paper.std.get(col) if paper.std else None
-                line += [paper.format(col, with_std=False), "" if std is None else f"{std:.{paper.decimals}f}"]
+                line += [paper.format(col, with_std=False), "" if std is None else f"{std:.{paper.digits(col)}f}"]
         line += ["" if paper is None else paper.n_seeds, "" if paper is None else paper.source,
                  ";".join("" if s is None else str(s) for s in row["seeds"]), ";".join(row["runs"])]
         writer.writerow(line)

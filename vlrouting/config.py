@@ -63,7 +63,8 @@ class TrainConfig:
     eval_batch_size: int | None = None
     epochs: int = 20
     warmup_ratio: float = 0.1
-    clip_grad_norm: float = 5.0
+    warmup_steps: int | None = None  # linear warm-up over this many steps; overrides warmup_ratio when set
+    clip_grad_norm: float = 5.0  # max gradient norm; 0 disables clipping
     weight_decay: float = 0.01
     adam_eps: float = 1e-6
     seed: int = 9595

@@ -68,11 +68,13 @@ def check_config(cfg) -> None:
         raise ConfigError(f"train.adam_eps must be positive, got {t.adam_eps!r}; the default is 1e-6.")
     if not _number(t.warmup_ratio) or not 0 <= t.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio!r}; the default is 0.1.")
-    # .inf is "no clipping" (the routing paper's ViT+RoBERTa recipe): clip_grad_norm_ then never scales
+    _at_least("train.warmup_steps", t.warmup_steps, 0, "0 or more steps, or null to use train.warmup_ratio",
+              optional=True)
+    # 0 or .inf is "no clipping" (.inf: the routing paper's ViT+RoBERTa recipe; clip_grad_norm_ then never scales)
     no_clip = isinstance(t.clip_grad_norm, float) and t.clip_grad_norm == math.inf
-    if not no_clip and (not _number(t.clip_grad_norm) or t.clip_grad_norm <= 0):
-        raise ConfigError(f"train.clip_grad_norm must be positive (.inf: no clipping), got {t.clip_grad_norm!r}; "
-                          "the default is 5.")
+    if not no_clip and (not _number(t.clip_grad_norm) or t.clip_grad_norm < 0):
+        raise ConfigError(f"train.clip_grad_norm must be 0 or .inf (no clipping) or positive, got "
+                          f"{t.clip_grad_norm!r}; the default is 5.")
     _at_least("train.weight_decay", t.weight_decay, 0, "0 or more")
     _at_least("train.eval_every", t.eval_every, 0, "0 (no validation) or a number of epochs")
     _at_least("train.checkpoint_every", t.checkpoint_every, 0, "0 (end of epoch only) or a number of steps")

@@ -5,7 +5,8 @@ Definition (Chen et al., "Microsoft COCO Captions: Data Collection and Evaluatio
 lower-cased, punctuation tokens removed), then scored with BLEU-1..4 (``closest`` reference length), METEOR 1.5,
 ROUGE-L, CIDEr-D (document frequencies from the evaluated reference set) and SPICE. All values are ×100.
 ``Avg`` is the routing-functions paper's Table 4 average of BLEU-4, METEOR, ROUGE-L, CIDEr and SPICE, reported only
-when all five exist.
+when all five exist — or, with ``average_available=True`` (task ``coco_lm``), over those that exist (SPICE may be
+unavailable); ``Avg_metrics`` then names the metrics averaged, so a four-metric mean is never mistaken for Table 4's.
 
 SPICE needs Stanford CoreNLP 3.6.0 jars that ``pycocoevalcap`` downloads on first use (``spice/lib``). We check
 for them *without* triggering the download: when they are absent (or SPICE's Java run fails), ``SPICE`` is
@@ -33,6 +34,7 @@ from vlrouting.evaluation._common import index_references, match_predictions
 __all__ = [
     "CAPTION_METRICS",
     "JavaNotFoundError",
+    "averaged_metrics",
     "caption_average",
     "evaluate_caption",
     "spice_unavailable_reason",
@@ -85,12 +87,25 @@ def spice_unavailable_reason() -> str | None:
     return None
 
 
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def caption_average(metrics: Mapping[str, float | None]) -> float | None:
     """Table 4's ``Avg.``: mean of BLEU-4, METEOR, ROUGE-L, CIDEr and SPICE (×100), ``None`` unless all five exist."""
     values = [metrics.get(name) for name in AVERAGED_METRICS]
-    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+    if not all(_present(v) for v in values):
         return None
     return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def averaged_metrics(metrics: Mapping[str, float | None], average_available: bool = False) -> list[str]:
+    """The metrics ``Avg`` averages: all five of Table 4, or (``average_available``) those of them that exist;
+    empty when there is no average."""
+    present = [name for name in AVERAGED_METRICS if _present(metrics.get(name))]
+    if len(present) == len(AVERAGED_METRICS) or (average_available and present):
+        return present
+    return []
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -183,7 +198,8 @@ def _run_spice(gts: dict, res: dict) -> float:
 _SPICE_MODES = {"auto": "auto", "on": "on", "off": "off", True: "on", False: "off"}
 
 
-def evaluate_caption(predictions: dict, references: dict, spice: str = "auto", allow_missing: bool = False) -> dict:
+def evaluate_caption(predictions: dict, references: dict, spice: str = "auto", allow_missing: bool = False,
+                     average_available: bool = False) -> dict:
     """COCO caption metrics ×100 of ``predictions`` (img_id → caption) vs ``references`` (img_id → raw captions).
 
     Args:
@@ -192,10 +208,12 @@ def evaluate_caption(predictions: dict, references: dict, spice: str = "auto", a
         spice: ``"auto"`` (compute SPICE when its jars are installed), ``"on"`` (require it), ``"off"`` (skip it).
         allow_missing: score images without a prediction with an empty caption (all metrics 0 for that image)
             and list them in ``missing_ids``.
+        average_available: without SPICE, ``Avg`` is the mean of the other four instead of ``None``.
 
     Returns:
         ``BLEU-1``..``BLEU-4``, ``METEOR``, ``ROUGE-L``, ``CIDEr``, ``SPICE`` (``None`` when unavailable, with
-        ``spice_unavailable``), ``Avg`` (Table 4, ``None`` without SPICE), ``n`` (+ ``missing_ids``).
+        ``spice_unavailable``), ``Avg`` (Table 4, ``None`` without SPICE unless ``average_available``) with
+        ``Avg_metrics`` (the metrics it averages, whenever there is an average), ``n`` (+ ``missing_ids``).
     """
     try:
         mode = _SPICE_MODES[spice]
@@ -257,7 +275,10 @@ def evaluate_caption(predictions: dict, references: dict, spice: str = "auto", a
     result: dict[str, Any] = {f"BLEU-{i + 1}": 100.0 * float(b) for i, b in enumerate(bleu)}
     result.update({"METEOR": 100.0 * meteor, "ROUGE-L": 100.0 * float(rouge), "CIDEr": 100.0 * float(cider),
                    "SPICE": spice_value})
-    result["Avg"] = caption_average(result)
+    names = averaged_metrics(result, average_available)
+    result["Avg"] = sum(result[m] for m in names) / len(names) if names else None
+    if names:
+        result["Avg_metrics"] = names
     if spice_value is None:
         result["spice_unavailable"] = spice_reason
     result["n"] = len(refs)

@@ -296,7 +296,12 @@ def _eval_caption(args: argparse.Namespace) -> dict:
                                                     args.predictions), references, cocoids)
     if args.only_predicted:
         references = _only_predicted(None, references, predictions)
-    return evaluate_caption(predictions, references, spice=args.spice, allow_missing=args.allow_missing)
+    from vlrouting.data.tasks import get_task
+
+    # a task may average the caption metrics that exist (SPICE can be unavailable); Avg_metrics then names them
+    average_available = bool(getattr(get_task(args.task), "average_available_metrics", False))
+    return evaluate_caption(predictions, references, spice=args.spice, allow_missing=args.allow_missing,
+                            average_available=average_available)
 
 
 #: One scoring function per evaluator; a task names its evaluator (``Task.evaluator``), so a new task that is

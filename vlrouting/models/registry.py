@@ -22,6 +22,7 @@ from vlrouting.errors import ConfigError
 FAMILY_MODULES: dict[str, str] = {
     "clip_bart": "vlrouting.models.vlbart",
     "vit_roberta": "vlrouting.models.vit_roberta",
+    "vit_gpt2": "vlrouting.models.vit_gpt2",
 }
 
 

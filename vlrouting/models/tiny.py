@@ -1,9 +1,9 @@
 """Tiny backbones and tokenizers built locally, for tests and the CPU demo.
 
 Nothing here downloads: a byte-level BPE tokenizer is trained with ``tokenizers`` on a small corpus and saved
-with ``save_pretrained``; a BART of a few hundred thousand parameters is built from a config with random weights
-and saved the same way. Everything downstream then loads them through the *real* ``from_pretrained`` path,
-exactly as it would load ``facebook/bart-base`` on a user's machine.
+with ``save_pretrained``; a BART (or a GPT-2 with a GPT-2-style tokenizer) of a few hundred thousand parameters is
+built from a config with random weights and saved the same way. Everything downstream then loads them through the
+*real* ``from_pretrained`` path, exactly as it would load ``facebook/bart-base`` or ``gpt2`` on a user's machine.
 """
 
 from __future__ import annotations
@@ -88,6 +88,55 @@ def save_tiny_bart(out_dir: str | Path, vocab_size: int, seed: int = 0, **overri
 
     torch.manual_seed(seed)
     model = BartForConditionalGeneration(tiny_bart_config(vocab_size, **overrides))
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+GPT2_EOS = "<|endoftext|>"
+
+
+def train_tiny_gpt2_tokenizer(out_dir: str | Path, texts: Iterable[str] | None = None, vocab_size: int = 400):
+    """A byte-level BPE tokenizer laid out like GPT-2's: no post-processor (nothing is added around a text) and
+    ``<|endoftext|>`` as BOS = EOS = UNK with the *last* id (id 0 is an ordinary token, as "!" is in GPT-2).
+    Saved with ``save_pretrained``; returns ``AutoTokenizer.from_pretrained(out_dir)``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    corpus = list(texts) if texts is not None else []
+    corpus += DEFAULT_CORPUS
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"eos_token": GPT2_EOS, "bos_token": GPT2_EOS, "unk_token": GPT2_EOS})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return AutoTokenizer.from_pretrained(str(out_dir))
+
+
+def tiny_gpt2_config(vocab_size: int, **overrides):
+    """A GPT2Config with gpt2's structure (pre-LN, learned positions, gelu_new, tied head) at toy size; BOS = EOS =
+    the last id, as in GPT-2."""
+    from transformers import GPT2Config
+
+    cfg = dict(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=vocab_size - 1,
+               eos_token_id=vocab_size - 1)
+    cfg.update(overrides)
+    return GPT2Config(**cfg)
+
+
+def save_tiny_gpt2(out_dir: str | Path, vocab_size: int, seed: int = 0, **overrides) -> Path:
+    """Build a randomly initialised tiny GPT2LMHeadModel and ``save_pretrained`` it to ``out_dir``."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(tiny_gpt2_config(vocab_size, **overrides))
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))
     return out_dir

@@ -10,8 +10,8 @@ Modules (each defines ``ROWS: dict[str, PaperRow]`` in its table order; the key 
 ``clip_bart`` — Tables 7, 8, C7 (CLIP-BART, four tasks); ``vladapter`` — VL-Adapter's Table 1 rows for the
 baselines Tables 7/8 do not quote (Compacter, Hyperformer, half-shared adapters, prompt tuning); ``vit_roberta`` —
 Tables 1, 2, 3, B4 (ViT+RoBERTa, VQAv2); ``ablations`` — Tables 6 and B2 of the ViT families (and Table B3's
-inference times as plain data); ``petal`` — PETAL's Tables 1, 2, 4 (InstructBLIP: ``context_only``, never beside
-our runs).
+inference times as plain data); ``vit_gpt2`` — Tables 4, B5 (ViT+GPT-2 COCO captions); ``petal`` — PETAL's
+Tables 1, 2, 4 (InstructBLIP: ``context_only``, never beside our runs).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from vlrouting.errors import ConfigError
 #: The modules holding paper rows, in the order their tables appear.
 ROW_MODULES: tuple[str, ...] = ("vlrouting.paper_results.clip_bart", "vlrouting.paper_results.vladapter",
                                  "vlrouting.paper_results.vit_roberta", "vlrouting.paper_results.ablations",
-                                 "vlrouting.paper_results.petal")
+                                 "vlrouting.paper_results.vit_gpt2", "vlrouting.paper_results.petal")
 
 THIS_PAPER = "this paper"
 VL_PET = "quoted from VL-PET [11]"
@@ -50,7 +50,7 @@ class PaperRow:
     routing_per_task: dict[str, str] | None = None  # Table 8's check-mark / combination columns
     trainable_percent: float | None = None  # not printed in Tables 7, 8, C7
     note: str = ""
-    column_decimals: dict[str, int] | None = None  # per-column digits where a row mixes them (Table 6)
+    column_decimals: dict[str, int] | None = None  # per-column digits where a row mixes them (Tables 4, 6)
     context_only: bool = False  # another setting (backbone, datasets): shown for context, keyed by its own columns
 
     def format(self, column: str, with_std: bool = True) -> str:
@@ -58,11 +58,15 @@ class PaperRow:
         value = self.values.get(column)
         if value is None:
             return ""
-        digits = (self.column_decimals or {}).get(column, self.decimals)
+        digits = self.digits(column)
         text = f"{value:.{digits}f}"
         if with_std and self.std and column in self.std:
             text += f" ± {self.std[column]:.{digits}f}"
         return text
+
+    def digits(self, column: str) -> int:
+        """Digits after the point of ``column`` as printed."""
+        return (self.column_decimals or {}).get(column, self.decimals)
 
     def to_dict(self) -> dict:
         return {

@@ -1,5 +1,5 @@
-"""PEFT modules that carry routing (Adapter, LoRA, Compacter, Hyperformer, half-shared adapters, PETAL's DMA) and
-prompt tuning, attached to Hugging Face models by wrapping modules."""
+"""PEFT modules that carry routing (Adapter, LoRA, GPT-2's merged q|v LoRA, Compacter, Hyperformer, half-shared
+adapters, PETAL's DMA) and prompt tuning, attached to Hugging Face models by wrapping modules."""
 
 from vlrouting.peft import adapter as _adapter  # noqa: F401  (registers "adapter")
 from vlrouting.peft import compacter as _compacter  # noqa: F401  (registers "compacter")
@@ -7,6 +7,7 @@ from vlrouting.peft import dma as _dma  # noqa: F401  (registers "dma")
 from vlrouting.peft import half_shared as _half_shared  # noqa: F401  (registers "half_shared_adapter")
 from vlrouting.peft import hyperformer as _hyperformer  # noqa: F401  (registers "hyperformer")
 from vlrouting.peft import lora as _lora  # noqa: F401  (registers "lora")
+from vlrouting.peft import merged_lora as _merged_lora  # noqa: F401  (registers "merged_qv_lora")
 from vlrouting.peft import prompt as _prompt  # noqa: F401  (registers "prompt")
 from vlrouting.peft.attach import (
     attach_peft,

@@ -9,7 +9,10 @@ each inside the residual branch (wrapping ``out_proj``/``fc2`` puts it before dr
 LoRA on ``q_proj``/``v_proj`` of encoder self-, decoder self- and decoder cross-attention (36 linears).
 Compacter, Hyperformer and half-shared adapters use the adapter positions; prompt tuning wraps nothing — its
 entry names the encoder's embedding LayerNorm, which the prompts pass through and which sizes them (§3.3, §3.8).
-RoBERTa and GPT-2 follow the paper's released code (Houlsby placement / ``c_attn``, a Conv1D); T5 is analogous.
+RoBERTa and GPT-2 follow the paper's released code (reference/routing_official_spec.md §2): RoBERTa adapters in
+Houlsby placement, LoRA on ``query``/``value``; GPT-2 adapters after the attention and MLP output projections
+(``c_proj``, before dropout and the residual add) and the merged q|v LoRA (``merged_qv_lora``) on the fused ``c_attn``
+(a Conv1D, q|k|v output) — GPT-2 has no ``lora`` entry because a plain LoRA there would adapt k too. T5 is analogous.
 DMA (PETAL's dynamic mode approximation, reference/petal_spec.md §5.1) mirrors PETAL's Q/K/V-only choice: q, k and
 v of encoder self-, decoder self- and decoder cross-attention (54 linears on bart-base).
 """
@@ -53,7 +56,7 @@ TARGETS: dict[str, dict[str, list[tuple[str, str]]]] = {
     },
     "gpt2": {
         "adapter": [(_B + r"h\.\d+\.attn\.c_proj$", "decoder"), (_B + r"h\.\d+\.mlp\.c_proj$", "decoder")],
-        "lora": [(_B + r"h\.\d+\.attn\.c_attn$", "decoder")],
+        "merged_qv_lora": [(_B + r"h\.\d+\.attn\.c_attn$", "decoder")],
         "dma": [(_B + r"h\.\d+\.attn\.c_attn$", "decoder")],
     },
     "t5": {

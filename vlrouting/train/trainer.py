@@ -3,7 +3,8 @@
 ``torchrun --nproc_per_node=N -m vlrouting.train --config NAME [key=value ...] [--resume latest]``
 
 AdamW (eps 1e-6, weight decay 0.01 on everything but biases — VL-Adapter's grouping, §3.10), linear warm-up over
-10 % of the steps then linear decay, gradient clipping 5, one task per batch from the multitask loader, DDP with
+10 % of the steps (``train.warmup_ratio``, or ``train.warmup_steps`` steps) then linear decay, gradient clipping 5
+(``train.clip_grad_norm``, 0 = off), one task per batch from the multitask loader, DDP with
 ``find_unused_parameters`` (per-task modules leave the other tasks' parameters unused), evaluation every epoch on
 the validation splits and the test splits after the last epoch.
 
@@ -85,8 +86,10 @@ def build_optimizer(model: torch.nn.Module, cfg: ExperimentConfig, device: torch
     return adamw(groups, lr=cfg.train.lr, eps=cfg.train.adam_eps, device=device or torch.device("cpu"))
 
 
-def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
-    warmup = int(warmup_ratio * total_steps)
+def linear_schedule(optimizer, total_steps: int, warmup_ratio: float, warmup_steps: int | None = None):
+    """Linear warm-up then linear decay to 0 at ``total_steps``; the warm-up lasts ``warmup_steps`` steps when
+    given (e.g. the GPT-2 captioning recipe's 5,000), else ``warmup_ratio`` of all steps."""
+    warmup = int(warmup_steps) if warmup_steps is not None else int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -160,7 +163,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         configure_backends(info.device, cfg.train.allow_tf32)
         self.optimizer = build_optimizer(self.model, cfg, info.device)
-        self.scheduler = linear_schedule(self.optimizer, self.total_steps, cfg.train.warmup_ratio)
+        self.scheduler = linear_schedule(self.optimizer, self.total_steps, cfg.train.warmup_ratio,
+                                         cfg.train.warmup_steps)
         self.ddp = (DDP(self.model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
                         find_unused_parameters=True) if info.distributed else self.model)
         self.forward = maybe_compile(self.ddp, cfg.train.compile, cfg.train.compile_backend, cfg.train.compile_dynamic)
@@ -267,8 +271,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                       self.cfg.train.clip_grad_norm)
+        if self.cfg.train.clip_grad_norm > 0:  # 0: no clipping (the routing paper's released recipes)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.cfg.train.clip_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -18,6 +18,7 @@ from vlrouting.data.tasks.base import (
     best_answer, example_mean_loss, sample_answer, token_losses,
 )
 from vlrouting.data.tasks.caption import CaptionTask
+from vlrouting.data.tasks.coco_lm import CocoLMTask
 from vlrouting.data.tasks.gqa import GQATask
 from vlrouting.data.tasks.nlvr import NLVRTask
 from vlrouting.data.tasks.vqa import VQATask
@@ -42,6 +43,7 @@ def register_task(task: Task) -> Task:
 for _task in (VQATask(), GQATask(), NLVRTask(), CaptionTask()):
     register_task(_task)
 register_task(VQAClsTask())
+register_task(CocoLMTask())  # ViT+GPT-2 captioning (prefix LM), paper Table 4
 
 
 def list_tasks() -> list[str]:
@@ -75,6 +77,7 @@ __all__ = [
     "Column", "LossTerm", "DecodeSpec", "FeatureSource", "TASK_SETS", "DEFAULT_TASK_SET", "TaskSet", "default_tasks",
     "get_task_set", "register_task_set", "report_columns", "set_average", "table_values", "task_set_of",
     "TableColumn",
-    "VQATask", "VQAClsTask", "GQATask", "NLVRTask", "CaptionTask", "SPLITS", "IGNORE_INDEX", "sample_answer", "best_answer",
+    "VQATask", "VQAClsTask", "GQATask", "NLVRTask", "CaptionTask", "CocoLMTask", "SPLITS", "IGNORE_INDEX",
+    "sample_answer", "best_answer",
     "token_losses", "example_mean_loss",
 ]
