@@ -159,14 +159,15 @@ def build(name, split, tokenizer, fixture_root, stores, **kw):
 
 
 def test_registry_and_batch_ratios():
-    assert list_tasks() == ["vqa", "gqa", "nlvr", "caption", "coco_lm"]
-    with pytest.raises(ConfigError, match="valid tasks: vqa, gqa, nlvr, caption, coco_lm"):
+    assert list_tasks() == ["vqa", "gqa", "nlvr", "caption", "vqa_cls", "coco_lm"]
+    with pytest.raises(ConfigError, match="valid tasks: vqa, gqa, nlvr, caption, vqa_cls, coco_lm"):
         get_task("vqa2")
-    assert [TASKS[n].batch_size(500) for n in list_tasks()] == [500, 833, 166, 416, 500]
-    assert [TASKS[n].batch_size(1) for n in list_tasks()] == [1, 1, 1, 1, 1]  # at least one example
-    assert [TASKS[n].headline_metric for n in list_tasks()] == ["overall", "accuracy", "accuracy", "CIDEr", "CIDEr"]
+    assert [TASKS[n].batch_size(500) for n in list_tasks()] == [500, 833, 166, 416, 500, 500]
+    assert [TASKS[n].batch_size(1) for n in list_tasks()] == [1, 1, 1, 1, 1, 1]  # at least one example
+    assert [TASKS[n].headline_metric for n in list_tasks()] == ["overall", "accuracy", "accuracy", "CIDEr", "accuracy",
+                                                                          "CIDEr"]
     assert list(build_tasks("gqa, caption")) == ["gqa", "caption"]
-    assert [t.decode.strategy for t in TASKS.values()] == ["greedy", "greedy", "true_false", "beam", "beam"]
+    assert [t.decode.strategy for t in TASKS.values()] == ["greedy", "greedy", "true_false", "beam", "greedy", "beam"]
     assert TASKS["caption"].generate_kwargs() == {"num_beams": 5, "max_length": 40, "no_repeat_ngram_size": 3,
                                                   "early_stopping": True, "do_sample": False}
     # the prefix-LM captioner: the released decoding (HF defaults: no n-gram blocking, no early stopping)
@@ -176,7 +177,7 @@ def test_registry_and_batch_ratios():
 
 
 def test_prompts_and_options(tokenizer, fixture_root, stores):
-    assert [get_task(n).prompt for n in list_tasks()] == ["vqa: ", "gqa: ", "nlvr: ", "caption: ", ""]
+    assert [get_task(n).prompt for n in list_tasks()] == ["vqa: ", "gqa: ", "nlvr: ", "caption: ", "", ""]
     assert get_task("gqa", vladapter_prompt_typo=True).prompt == "gpa: "
     assert get_task("vqa", vladapter_prompt_typo=True).prompt == "vqa: "
     assert all(t.prompt == "" for t in build_tasks(use_task_prompts=False).values())
