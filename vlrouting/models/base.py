@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from vlrouting.data.layout import DataSpec
+from vlrouting.errors import DataError
 from vlrouting.peft import count_parameters
 
 
@@ -134,3 +135,17 @@ class FamilyModel(nn.Module):
                 key = name.split(".", 1)[0]
                 out[key] = out.get(key, 0) + p.numel()
         return out
+
+
+def pretrained_tokenizer(model_cfg):
+    """``AutoTokenizer.from_pretrained`` of ``model.tokenizer`` (default: ``model.backbone``), a hub name or a local
+    folder saved with ``save_pretrained``; a name that cannot be loaded is one sentence. Families add what they need
+    (CLIP-BART its extra tokens, GPT-2 its pad token) in their own ``load_tokenizer``."""
+    from transformers import AutoTokenizer
+
+    name = model_cfg.tokenizer or model_cfg.backbone
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as exc:
+        raise DataError(f"cannot load the tokenizer '{name}' ({exc.__class__.__name__}); give a local folder "
+                        "saved with save_pretrained or a hub name reachable from this machine.") from None

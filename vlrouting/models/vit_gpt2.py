@@ -302,14 +302,10 @@ def share_adapters_per_block(gpt) -> None:
 # ---------------------------------------------------------------------------------------------- building
 def load_tokenizer(model_cfg: ModelConfig):
     """GPT-2's tokenizer; it has no pad token, so EOS pads (as in the released code)."""
-    from transformers import AutoTokenizer
+    from vlrouting.models.base import pretrained_tokenizer
 
     name = model_cfg.tokenizer or model_cfg.backbone
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except OSError as exc:
-        raise DataError(f"cannot load the tokenizer '{name}' ({exc.__class__.__name__}); give a local folder "
-                        "saved with save_pretrained or a hub name reachable from this machine.") from None
+    tok = pretrained_tokenizer(model_cfg)
     if tok.eos_token is None:
         raise DataError(f"the tokenizer '{name}' has no EOS token; GPT-2's tokenizer defines <|endoftext|>.")
     if tok.pad_token is None:

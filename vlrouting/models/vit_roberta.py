@@ -339,14 +339,10 @@ class ViTRoberta(FamilyModel):
 # ---------------------------------------------------------------------- building
 def load_tokenizer(model_cfg: ViTRobertaConfig):
     """RoBERTa's tokenizer (``<s> … </s>``, pad id 1)."""
-    from transformers import AutoTokenizer
+    from vlrouting.models.base import pretrained_tokenizer
 
     name = model_cfg.tokenizer or model_cfg.backbone
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except OSError as exc:
-        raise DataError(f"cannot load the tokenizer '{name}' ({exc.__class__.__name__}); give a local folder "
-                        "saved with save_pretrained or a hub name reachable from this machine.") from None
+    tok = pretrained_tokenizer(model_cfg)
     if tok.pad_token_id is None:
         raise DataError(f"the tokenizer '{name}' has no padding token; use RoBERTa's tokenizer (pad id 1).")
     return tok

@@ -282,14 +282,9 @@ def packaged_arch_config(name: str):
 
 def load_tokenizer(model_cfg: ModelConfig):
     """The backbone's tokenizer plus VL-Adapter's 200 added tokens (``<extra_id_k>``, ``<vis_extra_id_k>``)."""
-    from transformers import AutoTokenizer
+    from vlrouting.models.base import pretrained_tokenizer
 
-    name = model_cfg.tokenizer or model_cfg.backbone
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-    except OSError as exc:
-        raise DataError(f"cannot load the tokenizer '{name}' ({exc.__class__.__name__}); give a local folder "
-                        "saved with save_pretrained or a hub name reachable from this machine.") from None
+    tok = pretrained_tokenizer(model_cfg)
     half = model_cfg.extra_vocab // 2
     extra = [f"<extra_id_{i}>" for i in range(half)] + [f"<vis_extra_id_{i}>" for i in range(model_cfg.extra_vocab - half)]
     missing = [t for t in extra if t not in tok.get_vocab()]
