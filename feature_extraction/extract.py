@@ -376,11 +376,8 @@ def extract_dataset(root, dataset: str, split: str | None = None, all_images: bo
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m feature_extraction extract",
-        description="CLIP ResNet layer4 grid features (36×C float16 after 7×7→6×6 adaptive max pooling), one HDF5 "
-                    "file per dataset split; resumable.")
+def add_source_arguments(p: argparse.ArgumentParser, output_help: str) -> argparse._ArgumentGroup:
+    """The "what to extract" options every extractor shares (a dataset preset, or a folder of images)."""
     src = p.add_argument_group("what to extract")
     src.add_argument("--dataset", choices=DATASETS, help="a preset under --root (synthetic = all four datasets)")
     src.add_argument("--root", default="datasets", help="datasets root for --dataset (default: datasets)")
@@ -388,8 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--all-images", action="store_true",
                      help="vg/gqa: every image of the folder, not only the ids referenced by the GQA files")
     src.add_argument("--images", help="a folder of images (recursive) instead of --dataset")
-    src.add_argument("--output", help="with --images: the .h5 file to write")
+    src.add_argument("--output", help=output_help)
     src.add_argument("--annotations", nargs="+", help="with --images: only the ids these annotation files reference")
+    return src
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m feature_extraction extract",
+        description="CLIP ResNet layer4 grid features (36×C float16 after 7×7→6×6 adaptive max pooling), one HDF5 "
+                    "file per dataset split; resumable.")
+    add_source_arguments(p, "with --images: the .h5 file to write")
     net = p.add_argument_group("network (defaults: RN101/openai; for --dataset synthetic: RN-tiny/none/"
                                 "recalibrate 256/standardize)")
     net.add_argument("--model", default=None, help="an open_clip ResNet config (RN50, RN101, RN50x4, RN-tiny, ...)")

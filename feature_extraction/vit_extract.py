@@ -35,6 +35,7 @@ import torch
 from vlrouting.data.layout import feature_file
 from vlrouting.errors import ConfigError, DataError
 
+from .extract import add_source_arguments
 from .h5writer import H5Writer, finalize_partial, scan, settings_mismatch
 from .images import DATASETS, Job, folder_job, preset_jobs
 
@@ -352,16 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m feature_extraction extract-vit",
         description="Frozen ViT pooler output (1×d float16; optionally all tokens), one HDF5 file per dataset "
                     "split under <DS>/vit_features/ (and <DS>/vit_tokens/); resumable.")
-    src = p.add_argument_group("what to extract")
-    src.add_argument("--dataset", choices=DATASETS, help="a preset under --root (synthetic = all four datasets)")
-    src.add_argument("--root", default="datasets", help="datasets root for --dataset (default: datasets)")
-    src.add_argument("--split", default=None, help="one split of the preset (default: all)")
-    src.add_argument("--all-images", action="store_true",
-                     help="vg/gqa: every image of the folder, not only the ids referenced by the GQA files")
-    src.add_argument("--images", help="a folder of images (recursive) instead of --dataset")
-    src.add_argument("--output", help="with --images: the pooled-feature .h5 file to write")
+    src = add_source_arguments(p, "with --images: the pooled-feature .h5 file to write")
     src.add_argument("--tokens-output", help="with --images --tokens: the token .h5 file to write")
-    src.add_argument("--annotations", nargs="+", help="with --images: only the ids these annotation files reference")
     net = p.add_argument_group("network")
     net.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"hub name or save_pretrained folder of a ViTModel (default {DEFAULT_MODEL}; "
