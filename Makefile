@@ -15,8 +15,9 @@ $(STAMP): setup.py constraints.txt
 
 install: $(STAMP)
 
+# Two pytest-xdist workers on two cores: one thread per process (tests that need two set it), waiting threads sleep.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
