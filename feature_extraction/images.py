@@ -192,11 +192,15 @@ def load_image(path: Path, size: int = 224) -> torch.Tensor:
 
 
 class ChunkDataset(torch.utils.data.Dataset):
-    """Item i = the decoded images of chunk i: (i, ids, (n, 3, s, s) tensor or None, [(id, path, reason)])."""
+    """Item i = the decoded images of chunk i: (i, ids, (n, 3, s, s) tensor or None, [(id, path, reason)]).
 
-    def __init__(self, chunks: list[list[tuple[str, Path | None]]], size: int = 224):
+    ``load(path)`` decodes one image (a module-level function, so that DataLoader workers can receive it); default:
+    CLIP's :func:`load_image` at ``size``."""
+
+    def __init__(self, chunks: list[list[tuple[str, Path | None]]], size: int = 224, load=None):
         self.chunks = chunks
         self.size = size
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -208,7 +212,7 @@ class ChunkDataset(torch.utils.data.Dataset):
                 bad.append((img_id, "", "missing: referenced by the annotations but not found in the image folder"))
                 continue
             try:
-                tensors.append(load_image(path, self.size))
+                tensors.append(load_image(path, self.size) if self.load is None else self.load(path))
                 ids.append(img_id)
             except Exception as exc:  # noqa: BLE001 - any decoding failure is reported, not fatal here
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -34,10 +34,11 @@ import torch
 
 from vlrouting.data.layout import feature_file
 from vlrouting.errors import ConfigError, DataError
+from vlrouting.models.vit import load_image as load_vit_image
 
-from .extract import add_source_arguments
+from .extract import _device, add_source_arguments
 from .h5writer import H5Writer, finalize_partial, scan, settings_mismatch
-from .images import DATASETS, Job, folder_job, preset_jobs
+from .images import DATASETS, ChunkDataset, Job, folder_job, preset_jobs, worker_init
 
 FORMATS = {"vit": "vlrouting-vit-pooled-v1", "vit_tokens": "vlrouting-vit-tokens-v1"}
 DEFAULT_MODEL = "google/vit-base-patch16-224-in21k"
@@ -67,47 +68,6 @@ class ViTJobResult:
     bad: list = field(default_factory=list)
     seconds: float = 0.0
     finalized: bool = False
-
-
-class _Chunks(torch.utils.data.Dataset):
-    """Item i = the decoded images of chunk i: (i, ids, (n, 3, 224, 224) or None, [(id, path, reason)])."""
-
-    def __init__(self, chunks: list[list[tuple[str, Path | None]]]):
-        self.chunks = chunks
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, i: int):
-        from vlrouting.models.vit import load_image
-
-        ids, tensors, bad = [], [], []
-        for img_id, path in self.chunks[i]:
-            if path is None:
-                bad.append((img_id, "", "missing: referenced by the annotations but not found in the image folder"))
-                continue
-            try:
-                tensors.append(load_image(path))
-                ids.append(img_id)
-            except Exception as exc:  # noqa: BLE001 - reported per image, not fatal here
-                bad.append((img_id, str(path), f"unreadable: {' '.join(f'{type(exc).__name__}: {exc}'.split())}"))
-        return i, ids, (torch.stack(tensors) if tensors else None), bad
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name} is not a torch device; use auto, cpu or cuda[:N].") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for but CUDA is not available; use --device cpu.")
-    return dev
 
 
 def _version(pkg: str) -> str:
@@ -269,8 +229,9 @@ class ViTExtractor:
         bar = tqdm(total=total, unit="img", disable=not self.opts.progress or not total, dynamic_ncols=True)
         workers = self.opts.workers
         loader = torch.utils.data.DataLoader(
-            _Chunks([chunk for _, chunk in work]), batch_size=None, shuffle=False, num_workers=workers,
-            worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
+            ChunkDataset([chunk for _, chunk in work], load=load_vit_image), batch_size=None, shuffle=False,
+            num_workers=workers,
+            worker_init_fn=worker_init if workers else None, prefetch_factor=2 if workers else None)
         current = None
         try:
             for k, chunk_ids, x, bad in loader:
