@@ -44,9 +44,7 @@ Both recipes: one training sample per caption, captions ≤ 50 GPT-2 tokens, bea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import torch
@@ -129,26 +127,13 @@ ViTGPT2Config = ModelConfig
 
 
 def arch_dict(name: str) -> dict:
-    """Architecture hyperparameters of ``name``: a folder's ``config.json``, a ``.json`` path or the packaged
-    ``vlrouting/configs/arch/<last path component>.json`` (``gpt2``, ``gpt2-medium``, the in21k ViTs)."""
-    from importlib import resources
+    """Architecture hyperparameters of ``name`` (:func:`vlrouting.models.arch.arch_dict`: a folder's
+    ``config.json``, a ``.json`` path or the packaged ``gpt2``, ``gpt2-medium``, in21k ViTs), without the keys a
+    transformers config class does not take."""
+    from vlrouting.models import arch
 
-    path = Path(name).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not a valid config.json ({exc}); re-save it with save_pretrained.") from None
-    else:
-        res = resources.files("vlrouting.configs").joinpath(f"arch/{str(name).rstrip('/').split('/')[-1]}.json")
-        if not res.is_file():
-            raise ConfigError(f"no architecture config for '{name}': it is neither a local folder with config.json "
-                              "nor a packaged one (gpt2, gpt2-medium, google/vit-base-patch16-224-in21k, "
-                              "google/vit-large-patch16-224-in21k).")
-        data = json.loads(res.read_text())
-    for key in ("_comment", "model_type", "architectures", "transformers_version", "torch_dtype", "dtype"):
+    data = arch.arch_dict(name)
+    for key in ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype"):
         data.pop(key, None)
     return data
 
