@@ -9,13 +9,46 @@ import pytest
 import torch
 
 # The longest test files start first: `make test` runs the files on two pytest-xdist workers (one file per worker
-# at a time), so the suite takes about as long as its longest file if that file is not left for the end.
+# at a time, see the scheduler below), so the suite takes about as long as its longest file if that file is not
+# left for the end.
 FIRST = ("test_learning.py", "test_scripts.py", "test_bad_input.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
+
+
+try:
+    from xdist.scheduler import LoadFileScheduling
+except ImportError:  # plain pytest: no scheduling to adjust
+    pass
+else:
+    class _NextFileWhenLastTestRuns(LoadFileScheduling):
+        """``--dist loadfile`` that gives a worker its next file only when it starts the last test of the current
+        one (a worker holds its last test until it knows the next, so one queued test is the least it can have).
+
+        xdist's own rule queues a new file whenever a worker has two tests or fewer left, so the worker that
+        starts the 2-test learning file at once also gets the next long file, which then waits ~9 minutes behind
+        it while the other worker runs out of work.
+        """
+
+        def _reschedule(self, node) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "loadfile":
+            return None
+        # keep the order above: xdist would otherwise queue the files by their number of tests, which puts the
+        # 2-test learning file last (the suite then took its ~9 minutes plus most of the rest)
+        config.option.loadscopereorder = False
+        return _NextFileWhenLastTestRuns(config, log)
 
 #: Vocabulary size of the tiny test BART (ids 0..4 are BART's specials <s>, <pad>, </s>, <unk>, <mask>).
 TINY_VOCAB = 64
