@@ -30,6 +30,41 @@ from vlrouting.data.tasks.base import IGNORE_INDEX, DecodeSpec, Source, Task, Ta
 KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
 
 
+def karpathy_records(root: Path, source: Source, wanted: tuple[str, ...], *, train: bool) -> list[dict]:
+    """The images of Karpathy's ``dataset_coco.json`` (``source.annotation`` under ``root``) whose split is in
+    ``wanted``: one record per caption when ``train`` (``sent``), else one per image with every caption as
+    ``references``. ``img_id`` = the file name without its extension; captions stripped, case and punctuation kept."""
+    path = root / source.annotation
+    data = read_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DataError(f"Annotation file {path} lacks an 'images' list; re-create it or re-download the Karpathy split.")
+    records: list[dict] = []
+    for i, img in enumerate(images):
+        try:
+            if img["split"] not in wanted:
+                continue
+            img_id = Path(img["filename"]).stem.split(".")[0]
+            raw = [s["raw"] for s in img["sentences"]]
+        except (KeyError, TypeError):
+            raise DataError(
+                f"Image entry {i} of {path} lacks filename, split or sentences[].raw; "
+                "re-create the file or re-download the Karpathy split."
+            ) from None
+        bad = next((r for r in [img["filename"], *raw] if not isinstance(r, str)), None)
+        if bad is None and not img_id:
+            bad = img["filename"]
+        if bad is not None:
+            raise DataError(f"Image entry {i} of {path} has the filename or caption {bad!r}, which is not a "
+                            f"(non-empty) string; fix the file or re-download the Karpathy split.")
+        captions = [c.strip() for c in raw]
+        if train:
+            records += [{"img_id": img_id, "sent": c, "_features": source.features} for c in captions]
+        else:
+            records.append({"img_id": img_id, "references": captions, "_features": source.features})
+    return records
+
+
 @dataclass(frozen=True)
 class CaptionTask(Task):
     name: str = "caption"
@@ -43,37 +78,7 @@ class CaptionTask(Task):
     title: str = "COCO CIDEr"
 
     def load_records(self, root: Path, split: str) -> list[dict]:
-        source = self.sources(split)[0]
-        path = root / source.annotation
-        data = read_json(path)
-        images = data.get("images") if isinstance(data, dict) else None
-        if not isinstance(images, list):
-            raise DataError(f"Annotation file {path} lacks an 'images' list; re-create it or re-download the Karpathy split.")
-        wanted = KARPATHY_SPLITS[split]
-        records: list[dict] = []
-        for i, img in enumerate(images):
-            try:
-                if img["split"] not in wanted:
-                    continue
-                img_id = Path(img["filename"]).stem.split(".")[0]
-                raw = [s["raw"] for s in img["sentences"]]
-            except (KeyError, TypeError):
-                raise DataError(
-                    f"Image entry {i} of {path} lacks filename, split or sentences[].raw; "
-                    "re-create the file or re-download the Karpathy split."
-                ) from None
-            bad = next((r for r in [img["filename"], *raw] if not isinstance(r, str)), None)
-            if bad is None and not img_id:
-                bad = img["filename"]
-            if bad is not None:
-                raise DataError(f"Image entry {i} of {path} has the filename or caption {bad!r}, which is not a "
-                                f"(non-empty) string; fix the file or re-download the Karpathy split.")
-            captions = [c.strip() for c in raw]
-            if split == "train":
-                records += [{"img_id": img_id, "sent": c, "_features": source.features} for c in captions]
-            else:
-                records.append({"img_id": img_id, "references": captions, "_features": source.features})
-        return records
+        return karpathy_records(root, self.sources(split)[0], KARPATHY_SPLITS[split], train=split == "train")
 
     def example_id(self, record: dict):
         return record["img_id"]

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from vlrouting.data.layout import ANNOTATIONS
-from vlrouting.data.tasks.base import (
-    Column, DecodeSpec, LossTerm, Source, Task, TaskDataset, read_json, token_losses,
-)
+from vlrouting.data.tasks.base import Column, DecodeSpec, LossTerm, Source, Task, TaskDataset, token_losses
+from vlrouting.data.tasks.caption import karpathy_records
 from vlrouting.errors import DataError
 
 #: Table 4's metric columns in its order (keys of :func:`vlrouting.evaluation.caption.evaluate_caption`).
@@ -61,29 +60,7 @@ class CocoLMTask(Task):
                      for m in TABLE4_METRICS)
 
     def load_records(self, root: Path, split: str) -> list[dict]:
-        source = self.sources(split)[0]
-        path = root / source.annotation
-        data = read_json(path)
-        images = data.get("images") if isinstance(data, dict) else None
-        if not isinstance(images, list):
-            raise DataError(f"Annotation file {path} lacks an 'images' list; re-create it or re-download the "
-                            "Karpathy split.")
-        wanted = self.karpathy_splits[split]
-        records: list[dict] = []
-        for i, img in enumerate(images):
-            try:
-                if img["split"] not in wanted:
-                    continue
-                img_id = Path(img["filename"]).stem.split(".")[0]
-                captions = [str(s["raw"]).strip() for s in img["sentences"]]
-            except (KeyError, TypeError):
-                raise DataError(f"Image entry {i} of {path} lacks filename, split or sentences[].raw; re-create the "
-                                "file or re-download the Karpathy split.") from None
-            if split == "train":
-                records += [{"img_id": img_id, "sent": c, "_features": source.features} for c in captions]
-            else:
-                records.append({"img_id": img_id, "references": captions, "_features": source.features})
-        return records
+        return karpathy_records(root, self.sources(split)[0], self.karpathy_splits[split], train=split == "train")
 
     def example_id(self, record: dict):
         return record["img_id"]
