@@ -510,11 +510,13 @@ def test_every_config_trains_on_the_synthetic_benchmark(synthetic_bench, tmp_pat
         assert after < 0.99 * before, (before, after)
 
 
-@pytest.mark.parametrize("config", ["vladapter_hyperformer", "vladapter_multiple_prompts"])
+@pytest.mark.parametrize("config", ["vladapter_single_compacter", "vladapter_hyperformer",
+                                    "vladapter_half_shared_adapters", "vladapter_multiple_prompts"])
 def test_ddp_two_processes_match_one_process(synthetic_bench, tmp_path, config):
-    """gloo, 2 × batch b against 1 × batch 2b over all four tasks: the model-level owner (task embeddings of the
-    other tasks unused at a step; the prompts reached through the encoder hook) trains identically. Dropout is off
-    here only: its masks come from each process' own random stream."""
+    """gloo, 2 × batch b against 1 × batch 2b over all four tasks: the PEFT parameters train identically — per-layer
+    PHM blocks, a shared projection beside per-task ones unused at a step, the model-level owner (task embeddings of
+    the other tasks unused at a step; the prompts reached through the encoder hook). Dropout is off here only: its
+    masks come from each process' own random stream."""
     from vlrouting.train.trainer import main as train_main
 
     shared = {"data.limit_train": 24, "train.epochs": 1, "train.lr": 3e-3, "train.max_steps": 6,
@@ -532,6 +534,6 @@ def test_ddp_two_processes_match_one_process(synthetic_bench, tmp_path, config):
     assert a[-1][1] != a[0][1]
     wa = load_file(str(run_a / "adapter_model.safetensors"))
     wb = load_file(str(run_b / "adapter_model.safetensors"))
-    assert wa.keys() == wb.keys() and any(k.startswith("peft_owner.") for k in wa)
+    assert wa.keys() == wb.keys() and any(k.startswith("peft_owner.") or ".peft_" in k for k in wa)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
     assert json.loads((run_b / "results.json").read_text())["world_size"] == 2
