@@ -50,6 +50,7 @@ else:
         config.option.loadscopereorder = False
         return _NextFileWhenLastTestRuns(config, log)
 
+
 #: Vocabulary size of the tiny test BART (ids 0..4 are BART's specials <s>, <pad>, </s>, <unk>, <mask>).
 TINY_VOCAB = 64
 
