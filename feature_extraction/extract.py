@@ -99,6 +99,15 @@ def _version(pkg: str) -> str:
         return "unknown"
 
 
+def check_fingerprint(output, stored: dict, fingerprint: str, same: str) -> None:
+    """Refuse to add to ``output`` when its stored ``model_fingerprint`` names another network (``same``: what to
+    keep equal, for the sentence)."""
+    fp = stored.get("model_fingerprint")
+    if fp and fp != fingerprint:
+        raise ConfigError(f"{output} was written by a network with another fingerprint ({fp[:12]}… vs "
+                          f"{fingerprint[:12]}…); delete it or extract with the same {same}.")
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -251,11 +260,9 @@ class Extractor:
         if work:
             self.ensure_model()
             for plan in plans:
-                fp = plan["stored"].get("model_fingerprint")
-                if plan["todo"] and fp and fp != self.fingerprint:
-                    raise ConfigError(f"{plan['job'].output} was written by a network with another fingerprint "
-                                      f"({fp[:12]}… vs {self.fingerprint[:12]}…); delete it or extract with the same "
-                                      f"model, weights, seed and recalibration.")
+                if plan["todo"]:
+                    check_fingerprint(plan["job"].output, plan["stored"], self.fingerprint,
+                                      "model, weights, seed and recalibration")
         from tqdm import tqdm
 
         total = sum(len(plan["todo"]) for plan in plans)

@@ -36,9 +36,9 @@ from vlrouting.data.layout import feature_file
 from vlrouting.errors import ConfigError, DataError
 from vlrouting.models.vit import load_image as load_vit_image
 
-from .extract import _device, add_source_arguments
+from .extract import _device, add_source_arguments, check_fingerprint
 from .h5writer import H5Writer, finalize_partial, scan, settings_mismatch
-from .images import DATASETS, ChunkDataset, Job, folder_job, preset_jobs, worker_init
+from .images import ChunkDataset, Job, folder_job, preset_jobs, worker_init
 
 FORMATS = {"vit": "vlrouting-vit-pooled-v1", "vit_tokens": "vlrouting-vit-tokens-v1"}
 DEFAULT_MODEL = "google/vit-base-patch16-224-in21k"
@@ -217,12 +217,8 @@ class ViTExtractor:
         if work:
             self.ensure_model()
             for plan in plans:
-                for kind, (where, stored) in plan["states"].items():
-                    fp = stored.get("model_fingerprint")
-                    if plan["todo_any"] and fp and fp != self.fingerprint:
-                        raise ConfigError(f"{plan['outputs'][kind]} was written by a network with another "
-                                          f"fingerprint ({fp[:12]}… vs {self.fingerprint[:12]}…); delete it or "
-                                          "extract with the same model.")
+                for kind, (where, stored) in plan["states"].items() if plan["todo_any"] else ():
+                    check_fingerprint(plan["outputs"][kind], stored, self.fingerprint, "model")
         from tqdm import tqdm
 
         total = sum(len(p["todo_any"]) for p in plans)

@@ -176,6 +176,14 @@ def test_resume_after_sigkill_equals_uninterrupted(syn, tmp_path, layout, capsys
     other = "per-image" if layout == "contiguous" else "contiguous"
     assert fe_main(args[:-1] + [other] + CLI_TINY) == 2  # the other layout is refused by name
     assert f"has the {layout} layout" in capsys.readouterr().err
+    assert fe_main(args + CLI_TINY + ["--seed", "1"]) == 2  # other settings are refused by name
+    assert "with other settings (seed 0 vs 1)" in capsys.readouterr().err
+    with h5py.File(partial, "r+") as f:  # same settings, another network (e.g. a weights file replaced in place)
+        fingerprint, f.attrs["model_fingerprint"] = f.attrs["model_fingerprint"], "0" * 64
+    assert fe_main(args + CLI_TINY) == 2
+    assert "was written by a network with another fingerprint (000000000000…" in capsys.readouterr().err
+    with h5py.File(partial, "r+") as f:
+        f.attrs["model_fingerprint"] = fingerprint
     assert fe_main(args + CLI_TINY) == 0
     assert "extracted 3 images (2 already done" in capsys.readouterr().out  # resumed, not restarted
     assert out.exists() and not partial.exists()
