@@ -164,3 +164,23 @@ def test_routing_that_reaches_no_module_is_an_error(make_tiny_bart):
     with pytest.raises(ConfigError, match="peft.route_sides"):
         attach_peft(make_tiny_bart(), PeftConfig(method="lora", routing="mul", route_sides=["decoder"],
                                                  targets=[[r"encoder\.layers\.\d+\.self_attn\.q_proj$", "encoder"]]))
+
+
+BACKBONE_CONFIGS = {"clip_bart": "vladapter_single_adapter", "vit_roberta": "vit_roberta_vqa_adapter_r64_none",
+                    "vit_gpt2": "vit_gpt2_coco_adapter_r64_none"}
+
+
+def test_every_family_names_a_backbone_it_cannot_load_in_one_sentence(tmp_path):
+    """All families load their language backbone through models.base.pretrained_backbone: one DataError sentence."""
+    from vlrouting.errors import DataError
+    from vlrouting.models.registry import FAMILY_MODULES
+
+    assert set(BACKBONE_CONFIGS) == set(FAMILY_MODULES)
+    missing = tmp_path / "no_backbone"
+    for family, config in BACKBONE_CONFIGS.items():
+        cfg = load_config(config, [f"model.backbone={missing}"])
+        assert cfg.model.family == family
+        with pytest.raises(DataError, match=f"cannot load the backbone '{missing}' \\(OSError\\); give a local "
+                                            "folder saved with save_pretrained"):
+            build_model(cfg.model, cfg.peft, pretrained=True)
+        assert not missing.exists()

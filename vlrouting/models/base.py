@@ -137,6 +137,16 @@ class FamilyModel(nn.Module):
         return out
 
 
+def pretrained_backbone(model_class, name: str, **kwargs):
+    """``model_class.from_pretrained(name, **kwargs)`` (a hub name or a local folder saved with ``save_pretrained``);
+    a name that cannot be loaded is one sentence. Every family loads its language backbone through this."""
+    try:
+        return model_class.from_pretrained(name, **kwargs)
+    except OSError as exc:
+        raise DataError(f"cannot load the backbone '{name}' ({exc.__class__.__name__}); give a local folder saved "
+                        "with save_pretrained or a reachable hub name.") from None
+
+
 def pretrained_tokenizer(model_cfg):
     """``AutoTokenizer.from_pretrained`` of ``model.tokenizer`` (default: ``model.backbone``), a hub name or a local
     folder saved with ``save_pretrained``; a name that cannot be loaded is one sentence. Families add what they need

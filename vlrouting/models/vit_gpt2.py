@@ -52,7 +52,7 @@ from torch import nn
 
 from vlrouting.data.layout import DataSpec
 from vlrouting.errors import ConfigError, DataError
-from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput
+from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput, pretrained_backbone
 from vlrouting.models.registry import register_family
 from vlrouting.peft import PeftConfig, RoutingState, attach_peft, get_peft_method, mark_trainable, peft_wrappers
 
@@ -310,11 +310,7 @@ def build_vit_gpt2(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretr
     if model_cfg.dropout is not None:
         overrides = dict(attn_pdrop=model_cfg.dropout, resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout)
     if pretrained:
-        try:
-            gpt = GPT2LMHeadModel.from_pretrained(model_cfg.backbone, **overrides)
-        except OSError as exc:
-            raise DataError(f"cannot load the backbone '{model_cfg.backbone}' ({exc.__class__.__name__}); give a "
-                            "local folder saved with save_pretrained or a reachable hub name.") from None
+        gpt = pretrained_backbone(GPT2LMHeadModel, model_cfg.backbone, **overrides)
     else:
         config = GPT2Config(**{**arch_dict(model_cfg.arch), **overrides})
         with torch.device(device or "cpu"):

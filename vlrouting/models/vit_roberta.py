@@ -54,7 +54,7 @@ from torch import nn
 
 from vlrouting.data.layout import IMAGE_KIND, DataSpec
 from vlrouting.errors import ConfigError, DataError
-from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput
+from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput, pretrained_backbone
 from vlrouting.models.registry import register_family
 from vlrouting.peft import PeftConfig, RoutingState, attach_peft, count_parameters, peft_parameters, peft_wrappers
 
@@ -371,12 +371,8 @@ def build_vit_roberta(model_cfg: ViTRobertaConfig, peft_cfg: PeftConfig | None, 
 
     pooler = model_cfg.classifier_input == "prefix_pooler"
     if pretrained:
-        try:
-            roberta, info = RobertaModel.from_pretrained(model_cfg.backbone, add_pooling_layer=pooler,
-                                                         output_loading_info=True, **_dropout_overrides(model_cfg))
-        except OSError as exc:
-            raise DataError(f"cannot load the backbone '{model_cfg.backbone}' ({exc.__class__.__name__}); give a "
-                            "local folder saved with save_pretrained or a reachable hub name.") from None
+        roberta, info = pretrained_backbone(RobertaModel, model_cfg.backbone, add_pooling_layer=pooler,
+                                            output_loading_info=True, **_dropout_overrides(model_cfg))
         if pooler and any("pooler" in k for k in info.get("missing_keys", ())):
             _hf_init_(roberta.pooler, roberta.config.initializer_range,
                       generator=torch.Generator().manual_seed(POOLER_SEED))

@@ -39,7 +39,7 @@ from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from vlrouting.data.layout import DataSpec
 from vlrouting.errors import ConfigError, DataError
-from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput
+from vlrouting.models.base import FamilyConfig, FamilyModel, ModelOutput, pretrained_backbone
 from vlrouting.models.registry import register_family
 from vlrouting.peft import PeftConfig, RoutingState, attach_peft, mark_trainable, masked_mean
 
@@ -322,11 +322,7 @@ def build_vlbart(model_cfg: ModelConfig, peft_cfg: PeftConfig | None, *, pretrai
         overrides = dict(dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout,
                          activation_dropout=model_cfg.dropout)
     if pretrained:
-        try:
-            bart = BartForConditionalGeneration.from_pretrained(model_cfg.backbone, **overrides)
-        except OSError as exc:
-            raise DataError(f"cannot load the backbone '{model_cfg.backbone}' ({exc.__class__.__name__}); give a "
-                            "local folder saved with save_pretrained or a reachable hub name.") from None
+        bart = pretrained_backbone(BartForConditionalGeneration, model_cfg.backbone, **overrides)
         target = vocab_size if vocab_size is not None else bart.config.vocab_size + model_cfg.extra_vocab
     else:
         config = packaged_arch_config(model_cfg.arch)
